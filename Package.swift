@@ -1,0 +1,37 @@
+// swift-tools-version:5.9
+import PackageDescription
+
+// Release builds target AVX2+FMA (haswell); the elementwise kernels rely on it for speed.
+let fastFlags: [SwiftSetting] = [
+    .unsafeFlags(["-Ounchecked", "-enforce-exclusivity=unchecked", "-target-cpu", "haswell"]),
+]
+
+let package = Package(
+    name: "ACE",
+    products: [
+        .library(name: "ace_core", type: .dynamic, targets: ["ACEC"]),
+    ],
+    targets: [
+        .systemLibrary(
+            name: "CBLAS",
+            pkgConfig: "openblas",
+            providers: [.apt(["libopenblas-dev"])]
+        ),
+        .target(
+            name: "ACE",
+            dependencies: ["CBLAS"],
+            swiftSettings: fastFlags
+        ),
+        .target(
+            name: "ACEC",
+            dependencies: ["ACE"],
+            swiftSettings: fastFlags,
+            // The shared library must run where no Swift toolchain is installed.
+            linkerSettings: [.unsafeFlags(["-static-stdlib", "-l_FoundationCollections", "-l_FoundationCShims", "-lswiftSynchronization"])]
+        ),
+        .testTarget(
+            name: "ACETests",
+            dependencies: ["ACE"]
+        ),
+    ]
+)

@@ -1,0 +1,88 @@
+/// Pre-norm transformer block: x + drop_path(attn(norm1(x))), then + drop_path(mlp(norm2(.))).
+public final class Block {
+    public let norm1: LayerNorm, attn: Attention, norm2: LayerNorm, mlp: MLP
+    public let dropPath: DropPath, dropPath2: DropPath
+    public let output = Tensor([0])
+    private let n1 = Tensor([0]), a = Tensor([0]), mid = Tensor([0])
+    private let n2 = Tensor([0]), m = Tensor([0])
+    private let dBranch = Tensor([0]), dNorm = Tensor([0]), dMid = Tensor([0])
+
+    public init(_ name: String, dim: Int, heads: Int, mlpRatio: Int, dropPath rate: Float) {
+        norm1 = LayerNorm("\(name).norm1", dim)
+        attn = Attention("\(name).attn", dim, heads: heads)
+        norm2 = LayerNorm("\(name).norm2", dim)
+        mlp = MLP("\(name).mlp", dim, dim * mlpRatio)
+        dropPath = DropPath(rate)
+        dropPath2 = DropPath(rate)
+    }
+
+    public var parameters: [Parameter] {
+        norm1.parameters + attn.parameters + norm2.parameters + mlp.parameters
+    }
+
+    public func forward(_ x: Tensor, training: Bool, rng: inout RNG) -> Tensor {
+        norm1.forward(x, into: n1)
+        attn.forward(n1, into: a)
+        dropPath.forward(residual: x, branch: a, into: mid, training: training, rng: &rng)
+        norm2.forward(mid, into: n2)
+        mlp.forward(n2, into: m)
+        dropPath2.forward(residual: mid, branch: m, into: output, training: training, rng: &rng)
+        return output
+    }
+
+    /// dy -> dx (may be the same tensor as dy).
+    public func backward(_ dy: Tensor, into dx: Tensor) {
+        dMid.copy(from: dy)
+        dropPath2.backwardBranch(dy, into: dBranch)
+        mlp.backward(dBranch, into: dNorm)
+        norm2.backward(dNorm, into: dBranch)
+        add(dBranch, into: dMid)
+        dropPath.backwardBranch(dMid, into: dBranch)
+        attn.backward(dBranch, into: dNorm)
+        norm1.backward(dNorm, into: dBranch)
+        dx.copy(from: dMid)
+        add(dBranch, into: dx)
+    }
+}
+
+/// y += x elementwise.
+@inline(__always)
+func add(_ x: Tensor, into y: Tensor) {
+    let xs = x.data, ys = y.data
+    parallelChunks(x.count, minPerChunk: 8192) { r in for i in r { ys[i] += xs[i] } }
+}
+
+/// Stochastic depth: per sample, keep the residual branch with probability 1 - rate and
+/// scale it by 1 / (1 - rate); identity at inference.
+public final class DropPath {
+    public let rate: Float
+    private var scales: [Float] = []
+
+    public init(_ rate: Float) { self.rate = rate }
+
+    /// y = residual + scale_b * branch.
+    public func forward(residual: Tensor, branch: Tensor, into y: Tensor, training: Bool, rng: inout RNG) {
+        let b = branch.shape[0], per = branch.count / b
+        scales = [Float](repeating: 1, count: b)
+        if training && rate > 0 {
+            for i in 0..<b { scales[i] = rng.uniform() < Double(rate) ? 0 : 1 / (1 - rate) }
+        }
+        y.reshape(branch.shape)
+        let rs = residual.data, bs = branch.data, ys = y.data
+        for i in 0..<b {
+            let s = scales[i], o = i * per
+            for j in o..<(o + per) { ys[j] = rs[j] + s * bs[j] }
+        }
+    }
+
+    /// d branch = scale_b * dy.
+    public func backwardBranch(_ dy: Tensor, into dBranch: Tensor) {
+        let b = dy.shape[0], per = dy.count / b
+        dBranch.reshape(dy.shape)
+        let ds = dy.data, out = dBranch.data
+        for i in 0..<b {
+            let s = scales[i], o = i * per
+            for j in o..<(o + per) { out[j] = s * ds[j] }
+        }
+    }
+}

@@ -1,0 +1,56 @@
+import FoundationEssentials
+import Glibc
+
+/// Encoder checkpoints: timm-named F32 tensors, the config JSON in the metadata.
+extension VisionTransformer {
+    public var configJSON: String {
+        let data = (try? JSONEncoder().encode(config)) ?? Data()
+        return String(decoding: data, as: UTF8.self)
+    }
+
+    public static func config(fromJSON json: String) throws -> ViTConfig {
+        do {
+            let c = try JSONDecoder().decode(ViTConfig.self, from: Data(json.utf8))
+            try c.validate()
+            return c
+        } catch let e as ACEError {
+            throw e
+        } catch {
+            throw ACEError("invalid encoder config JSON: \(error)")
+        }
+    }
+
+    public func save(to path: String, extraMetadata: [String: String] = [:]) throws {
+        var metadata = extraMetadata
+        metadata["format"] = "ace-encoder"
+        metadata["config"] = configJSON
+        try Safetensors.write(parameters.map { ($0.name, $0.shape, UnsafePointer($0.value.data)) },
+                              metadata: metadata, to: path)
+    }
+
+    public static func load(from path: String) throws -> VisionTransformer {
+        let (metadata, entries) = try Safetensors.read(path)
+        guard let json = metadata["config"] else {
+            throw ACEError("checkpoint \(path) has no encoder config in its metadata")
+        }
+        let model = try VisionTransformer(try config(fromJSON: json))
+        try model.loadState(entries.mapValues { ($0.shape, $0.values) }, source: path)
+        return model
+    }
+
+    /// Replaces every parameter; names, shapes and the set of tensors must match exactly.
+    public func loadState(_ state: [String: (shape: [Int], values: [Float])], source: String) throws {
+        let expected = Set(parameters.map(\.name)), given = Set(state.keys)
+        let missing = expected.subtracting(given).sorted(), unexpected = given.subtracting(expected).sorted()
+        try require(missing.isEmpty && unexpected.isEmpty,
+                    "\(source) does not match the encoder: missing \(missing), unexpected \(unexpected)")
+        for p in parameters {
+            let t = state[p.name]!
+            try require(t.shape == p.shape, "\(source): tensor '\(p.name)' has shape \(t.shape), expected \(p.shape)")
+            try require(t.values.allSatisfy { $0.isFinite }, "\(source): tensor '\(p.name)' contains NaN or infinite values")
+        }
+        for p in parameters {
+            state[p.name]!.values.withUnsafeBufferPointer { p.value.data.update(from: $0.baseAddress!, count: p.count) }
+        }
+    }
+}

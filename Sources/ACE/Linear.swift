@@ -1,0 +1,52 @@
+/// y = x W^T + b over rows of x (N, in). W is (out, in) as in PyTorch.
+public final class Linear {
+    public let weight: Parameter
+    public let bias: Parameter
+    public let inFeatures: Int, outFeatures: Int
+    /// The input of the last forward, kept by reference for backward.
+    private var input: Tensor?
+
+    /// `weightShape` lets a layer keep PyTorch's shape for a weight that acts as (out, in),
+    /// such as a stride-p convolution's (C, in_chans, p, p).
+    public init(_ name: String, _ inFeatures: Int, _ outFeatures: Int, weightShape: [Int]? = nil) {
+        self.inFeatures = inFeatures
+        self.outFeatures = outFeatures
+        weight = Parameter("\(name).weight", weightShape ?? [outFeatures, inFeatures], decays: true)
+        bias = Parameter("\(name).bias", [outFeatures], decays: false)
+    }
+
+    public var parameters: [Parameter] { [weight, bias] }
+
+    public func initialize(_ rng: inout RNG, std: Float = 0.02) {
+        for i in 0..<weight.count { weight.value[i] = rng.truncatedNormal(std: Double(std)) }
+        bias.value.zero()
+    }
+
+    /// x: (..., in) -> y: (..., out). The caller must not modify x before backward.
+    public func forward(_ x: Tensor, into y: Tensor) {
+        let rows = x.count / inFeatures
+        y.reshape(Array(x.shape.dropLast()) + [outFeatures])
+        let b = bias.value.data
+        for r in 0..<rows { (y.data + r * outFeatures).update(from: b, count: outFeatures) }
+        gemm(transB: true, m: rows, n: outFeatures, k: inFeatures,
+             a: x.data, b: weight.value.data, beta: 1, c: y.data)
+        input = x
+    }
+
+    /// Accumulates dW += dy^T x, db += sum_rows dy; writes dx = dy W (unless dx is nil).
+    public func backward(_ dy: Tensor, into dx: Tensor?) {
+        guard let x = input else { return }
+        let rows = dy.count / outFeatures
+        gemm(transA: true, m: outFeatures, n: inFeatures, k: rows,
+             a: dy.data, b: x.data, beta: 1, c: weight.grad.data)
+        let db = bias.grad.data
+        for r in 0..<rows {
+            let row = dy.data + r * outFeatures
+            for j in 0..<outFeatures { db[j] += row[j] }
+        }
+        if let dx {
+            dx.reshape(x.shape)
+            gemm(m: rows, n: inFeatures, k: outFeatures, a: dy.data, b: weight.value.data, c: dx.data)
+        }
+    }
+}

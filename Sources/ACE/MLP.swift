@@ -1,0 +1,26 @@
+/// fc1 -> GELU -> fc2, hidden width 4C.
+public final class MLP {
+    public let fc1: Linear, fc2: Linear
+    private let act = GELU()
+    private let h = Tensor([0]), a = Tensor([0])
+    private let da = Tensor([0]), dh = Tensor([0])
+
+    public init(_ name: String, _ dim: Int, _ hidden: Int) {
+        fc1 = Linear("\(name).fc1", dim, hidden)
+        fc2 = Linear("\(name).fc2", hidden, dim)
+    }
+
+    public var parameters: [Parameter] { fc1.parameters + fc2.parameters }
+
+    public func forward(_ x: Tensor, into y: Tensor) {
+        fc1.forward(x, into: h)
+        act.forward(h, into: a)
+        fc2.forward(a, into: y)
+    }
+
+    public func backward(_ dy: Tensor, into dx: Tensor) {
+        fc2.backward(dy, into: da)
+        act.backward(da, into: dh)
+        fc1.backward(dh, into: dx)
+    }
+}

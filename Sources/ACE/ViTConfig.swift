@@ -1,0 +1,48 @@
+/// The shape of a Vision Transformer: presets as in DESIGN.md, patch 16, pre-norm.
+public struct ViTConfig: Codable, Equatable {
+    public var preset: String
+    public var embedDim: Int
+    public var depth: Int
+    public var numHeads: Int
+    public var patchSize: Int = 16
+    public var inChans: Int = 1
+    public var imgSize: Int = 224
+    public var mlpRatio: Int = 4
+    public var dropPath: Float = 0
+
+    enum CodingKeys: String, CodingKey {
+        case preset, depth
+        case embedDim = "embed_dim", numHeads = "num_heads", patchSize = "patch_size"
+        case inChans = "in_chans", imgSize = "img_size", mlpRatio = "mlp_ratio"
+        case dropPath = "drop_path"
+    }
+
+    public static let presets: [String: (dim: Int, depth: Int, heads: Int)] = [
+        "vit_nano": (96, 4, 3),
+        "vit_tiny": (192, 12, 3),
+        "vit_small": (384, 12, 6),
+        "vit_base": (768, 12, 12),
+    ]
+
+    public init(preset: String, inChans: Int = 1, imgSize: Int = 224, dropPath: Float = 0) throws {
+        guard let p = Self.presets[preset] else {
+            throw ACEError("unknown preset '\(preset)'; choose one of \(Self.presets.keys.sorted().joined(separator: ", "))")
+        }
+        self.preset = preset
+        embedDim = p.dim; depth = p.depth; numHeads = p.heads
+        self.inChans = inChans; self.imgSize = imgSize; self.dropPath = dropPath
+        try validate()
+    }
+
+    public func validate() throws {
+        try require(embedDim > 0 && depth > 0 && numHeads > 0 && embedDim % numHeads == 0,
+                    "embed_dim \(embedDim) must be a positive multiple of num_heads \(numHeads)")
+        try require(inChans == 1 || inChans == 3, "in_chans must be 1 or 3, got \(inChans)")
+        try require(patchSize > 0 && imgSize >= patchSize && imgSize % patchSize == 0,
+                    "img_size \(imgSize) must be a positive multiple of patch_size \(patchSize)")
+        try require(mlpRatio > 0, "mlp_ratio must be positive")
+        try require(dropPath >= 0 && dropPath < 1, "drop_path must be in [0, 1), got \(dropPath)")
+    }
+
+    public var grid: Int { imgSize / patchSize }
+}

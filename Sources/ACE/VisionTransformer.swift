@@ -1,0 +1,90 @@
+/// timm's VisionTransformer up to `forward_features`: patch embedding, class token and
+/// position embedding, `depth` pre-norm blocks, final LayerNorm. Parameter names are timm's.
+public final class VisionTransformer {
+    public let config: ViTConfig
+    public let patchEmbed: PatchEmbed
+    public let position: PositionEmbedding
+    public let blocks: [Block]
+    public let norm: LayerNorm
+    public let parameters: [Parameter]
+    /// The output of the last forward, (B, 1 + h*w, C); valid until the next forward.
+    public let output = Tensor([0])
+    private let patches = Tensor([0]), tokens = Tensor([0])
+    private let grad = Tensor([0]), gradPatches = Tensor([0])
+    private var gridShape = (0, 0)
+
+    public init(_ config: ViTConfig, seed: UInt64 = 0) throws {
+        try config.validate()
+        self.config = config
+        let c = config.embedDim
+        patchEmbed = PatchEmbed("patch_embed", inChans: config.inChans, dim: c, patch: config.patchSize)
+        position = PositionEmbedding(grid: config.grid, dim: c)
+        // Stochastic depth grows linearly with depth, as in timm.
+        blocks = (0..<config.depth).map { i in
+            let rate = config.depth > 1 ? config.dropPath * Float(i) / Float(config.depth - 1) : config.dropPath
+            return Block("blocks.\(i)", dim: c, heads: config.numHeads, mlpRatio: config.mlpRatio, dropPath: rate)
+        }
+        norm = LayerNorm("norm", c)
+        parameters = position.parameters + patchEmbed.parameters
+            + blocks.flatMap { $0.parameters } + norm.parameters
+        var rng = RNG(seed: seed)
+        initialize(&rng)
+    }
+
+    /// timm's init: truncated normal (std 0.02) for linear and patch weights, zero biases,
+    /// LayerNorm weight 1 and bias 0.
+    private func initialize(_ rng: inout RNG) {
+        position.initialize(&rng)
+        patchEmbed.proj.initialize(&rng)
+        for b in blocks {
+            for l in [b.attn.qkv, b.attn.proj, b.mlp.fc1, b.mlp.fc2] { l.initialize(&rng) }
+        }
+    }
+
+    public func parameter(named name: String) -> Parameter? { parameters.first { $0.name == name } }
+
+    public func zeroGrad() { for p in parameters { p.grad.zero() } }
+
+    /// x: (B, in_chans, H, W) normalized -> (B, 1 + h*w, C) after the final norm.
+    @discardableResult
+    public func forward(_ x: Tensor, training: Bool = false, rng: inout RNG) throws -> Tensor {
+        try checkInput(x)
+        let h = x.shape[2] / config.patchSize, w = x.shape[3] / config.patchSize
+        gridShape = (h, w)
+        patchEmbed.forward(x, into: patches)
+        position.forward(patches, h: h, w: w, into: tokens)
+        var current = tokens
+        for b in blocks { current = b.forward(current, training: training, rng: &rng) }
+        norm.forward(current, into: output)
+        return output
+    }
+
+    /// Inference forward (no drop path, no randomness needed).
+    @discardableResult
+    public func forward(_ x: Tensor) throws -> Tensor {
+        var rng = RNG(seed: 0)
+        return try forward(x, training: false, rng: &rng)
+    }
+
+    /// Backward of the last forward: accumulates every parameter gradient and, when dx is
+    /// given, writes the gradient with respect to the input image.
+    public func backward(_ dy: Tensor, inputGrad dx: Tensor? = nil) {
+        norm.backward(dy, into: grad)
+        for b in blocks.reversed() { b.backward(grad, into: grad) }
+        position.backward(grad, into: gradPatches)
+        patchEmbed.backward(gradPatches, into: dx)
+    }
+
+    private func checkInput(_ x: Tensor) throws {
+        let s = x.shape, p = config.patchSize
+        try require(s.count == 4, "input must be (B, in_chans, H, W), got shape \(s)")
+        try require(s[0] > 0, "empty batch")
+        try require(s[1] == config.inChans, "input has \(s[1]) channels, the encoder expects \(config.inChans)")
+        try require(s[2] >= p && s[3] >= p && s[2] % p == 0 && s[3] % p == 0,
+                    "input size \(s[2])x\(s[3]) must be a positive multiple of the patch size \(p)")
+        let n = x.count, d = x.data
+        var finite = true
+        for i in 0..<n where !d[i].isFinite { finite = false; break }
+        try require(finite, "input contains NaN or infinite values")
+    }
+}

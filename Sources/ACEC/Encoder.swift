@@ -1,0 +1,174 @@
+import ACE
+import FoundationEssentials
+import Glibc
+
+/// An encoder handle. The lock makes concurrent calls on one handle from several Python
+/// threads (the GIL is released during them) wait for each other instead of racing.
+final class EncoderHandle {
+    let model: VisionTransformer
+    private var mutex = pthread_mutex_t()
+    let configJSON: UnsafeMutablePointer<CChar>
+    /// Parameter names as C strings, alive as long as the handle.
+    let names: [UnsafePointer<CChar>]
+
+    init(_ model: VisionTransformer) {
+        self.model = model
+        pthread_mutex_init(&mutex, nil)
+        configJSON = strdup(model.configJSON)
+        names = model.parameters.map { UnsafePointer(strdup($0.name)!) }
+    }
+
+    deinit {
+        pthread_mutex_destroy(&mutex)
+        free(configJSON)
+        for n in names { free(UnsafeMutablePointer(mutating: n)) }
+    }
+
+    func parameter(_ i: Int32, count: Int64) throws -> Parameter {
+        let params = model.parameters
+        guard i >= 0 && Int(i) < params.count else { throw ACEError("tensor index \(i) out of range") }
+        let p = params[Int(i)]
+        guard Int64(p.count) == count else {
+            throw ACEError("tensor '\(p.name)' has \(p.count) values, got a buffer of \(count)")
+        }
+        return p
+    }
+
+    func locked<T>(_ body: () throws -> T) rethrows -> T {
+        pthread_mutex_lock(&mutex)
+        defer { pthread_mutex_unlock(&mutex) }
+        return try body()
+    }
+}
+
+func encoder(_ h: UnsafeMutableRawPointer?) throws -> EncoderHandle {
+    guard let h else { throw ACEError("null encoder handle") }
+    return Unmanaged<EncoderHandle>.fromOpaque(h).takeUnretainedValue()
+}
+
+func string(_ p: UnsafePointer<CChar>?, _ what: String) throws -> String {
+    guard let p else { throw ACEError("null \(what)") }
+    return String(cString: p)
+}
+
+@_cdecl("ace_encoder_create")
+public func ace_encoder_create(_ preset: UnsafePointer<CChar>?, _ inChans: Int32, _ imgSize: Int32,
+                               _ dropPath: Float, _ seed: UInt64,
+                               _ out: UnsafeMutablePointer<UnsafeMutableRawPointer?>?) -> Int32 {
+    guarded {
+        let config = try ViTConfig(preset: try string(preset, "preset"), inChans: Int(inChans),
+                                   imgSize: Int(imgSize), dropPath: dropPath)
+        let model = try VisionTransformer(config, seed: seed)
+        out?.pointee = Unmanaged.passRetained(EncoderHandle(model)).toOpaque()
+    }
+}
+
+@_cdecl("ace_encoder_create_from_json")
+public func ace_encoder_create_from_json(_ json: UnsafePointer<CChar>?, _ seed: UInt64,
+                                         _ out: UnsafeMutablePointer<UnsafeMutableRawPointer?>?) -> Int32 {
+    guarded {
+        let config = try VisionTransformer.config(fromJSON: try string(json, "config"))
+        out?.pointee = Unmanaged.passRetained(EncoderHandle(try VisionTransformer(config, seed: seed))).toOpaque()
+    }
+}
+
+@_cdecl("ace_encoder_load")
+public func ace_encoder_load(_ path: UnsafePointer<CChar>?,
+                             _ out: UnsafeMutablePointer<UnsafeMutableRawPointer?>?) -> Int32 {
+    guarded {
+        let model = try VisionTransformer.load(from: try string(path, "path"))
+        out?.pointee = Unmanaged.passRetained(EncoderHandle(model)).toOpaque()
+    }
+}
+
+@_cdecl("ace_encoder_free")
+public func ace_encoder_free(_ h: UnsafeMutableRawPointer?) {
+    guard let h else { return }
+    Unmanaged<EncoderHandle>.fromOpaque(h).release()
+}
+
+@_cdecl("ace_encoder_save")
+public func ace_encoder_save(_ h: UnsafeMutableRawPointer?, _ path: UnsafePointer<CChar>?) -> Int32 {
+    guarded {
+        let e = try encoder(h)
+        let p = try string(path, "path")
+        try e.locked { try e.model.save(to: p) }
+    }
+}
+
+/// The config as JSON; the string lives as long as the handle.
+@_cdecl("ace_encoder_config")
+public func ace_encoder_config(_ h: UnsafeMutableRawPointer?) -> UnsafePointer<CChar>? {
+    guard let e = try? encoder(h) else { return nil }
+    return UnsafePointer(e.configJSON)
+}
+
+@_cdecl("ace_encoder_num_tensors")
+public func ace_encoder_num_tensors(_ h: UnsafeMutableRawPointer?) -> Int32 {
+    guard let e = try? encoder(h) else { return -1 }
+    return Int32(e.model.parameters.count)
+}
+
+/// Name (valid as long as the handle) and shape (up to 4 dims) of parameter i.
+@_cdecl("ace_encoder_tensor_info")
+public func ace_encoder_tensor_info(_ h: UnsafeMutableRawPointer?, _ i: Int32,
+                                    _ name: UnsafeMutablePointer<UnsafePointer<CChar>?>?,
+                                    _ ndim: UnsafeMutablePointer<Int32>?,
+                                    _ shape: UnsafeMutablePointer<Int64>?) -> Int32 {
+    guarded {
+        let e = try encoder(h)
+        let params = e.model.parameters
+        guard i >= 0 && Int(i) < params.count else { throw ACEError("tensor index \(i) out of range") }
+        let p = params[Int(i)]
+        name?.pointee = e.names[Int(i)]
+        ndim?.pointee = Int32(p.shape.count)
+        for (d, s) in p.shape.enumerated() { shape?[d] = Int64(s) }
+    }
+}
+
+/// Copies a parameter out (get) or in (set); count must equal the parameter's size.
+@_cdecl("ace_encoder_get_tensor")
+public func ace_encoder_get_tensor(_ h: UnsafeMutableRawPointer?, _ i: Int32,
+                                   _ dst: UnsafeMutablePointer<Float>?, _ count: Int64) -> Int32 {
+    guarded {
+        let e = try encoder(h)
+        let p = try e.parameter(i, count: count)
+        guard let dst else { throw ACEError("null destination") }
+        e.locked { dst.update(from: p.value.data, count: p.count) }
+    }
+}
+
+@_cdecl("ace_encoder_set_tensor")
+public func ace_encoder_set_tensor(_ h: UnsafeMutableRawPointer?, _ i: Int32,
+                                   _ src: UnsafePointer<Float>?, _ count: Int64) -> Int32 {
+    guarded {
+        let e = try encoder(h)
+        let p = try e.parameter(i, count: count)
+        guard let src else { throw ACEError("null source") }
+        for j in 0..<p.count where !src[j].isFinite {
+            throw ACEError("tensor '\(p.name)' contains NaN or infinite values")
+        }
+        e.locked { p.value.data.update(from: src, count: p.count) }
+    }
+}
+
+/// x (B, C, H, W) -> out (B, 1 + h*w, embed_dim); outCount must equal that size.
+@_cdecl("ace_encoder_forward_features")
+public func ace_encoder_forward_features(_ h: UnsafeMutableRawPointer?, _ x: UnsafePointer<Float>?,
+                                         _ b: Int64, _ c: Int64, _ height: Int64, _ width: Int64,
+                                         _ out: UnsafeMutablePointer<Float>?, _ outCount: Int64) -> Int32 {
+    guarded {
+        let e = try encoder(h)
+        guard let x, let out else { throw ACEError("null input or output") }
+        guard b >= 0, c >= 0, height >= 0, width >= 0 else { throw ACEError("negative input dimension") }
+        try e.locked {
+            let input = Tensor([Int(b), Int(c), Int(height), Int(width)])
+            input.data.update(from: x, count: input.count)
+            let y = try e.model.forward(input)
+            guard Int64(y.count) == outCount else {
+                throw ACEError("output buffer holds \(outCount) values, the encoder produces \(y.count)")
+            }
+            out.update(from: y.data, count: y.count)
+        }
+    }
+}

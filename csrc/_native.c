@@ -1,0 +1,288 @@
+/* ace._native: the CPython + NumPy binding of libace_core.so.
+ *
+ * Thin on purpose: argument checking that needs Python knowledge (dtype conversion,
+ * image resizing) lives in python/ace; everything numeric is one call into the core,
+ * made with the GIL released. Core failures become ace.ACEError with the core's message.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
+#include <numpy/arrayobject.h>
+
+#include "ace.h"
+
+static PyObject *ACEError; /* ace.errors.ACEError */
+
+static PyObject *raise_core_error(void) {
+    const char *msg = ace_last_error();
+    PyErr_SetString(ACEError, msg ? msg : "unknown error in the ACE core");
+    return NULL;
+}
+
+/* A float32, C-contiguous, aligned view or copy of obj with the given ndim. */
+static PyArrayObject *float_array(PyObject *obj, int ndim, const char *what) {
+    if (!PyArray_Check(obj) || PyArray_TYPE((PyArrayObject *)obj) != NPY_FLOAT32) {
+        PyErr_Format(ACEError, "%s must be a float32 NumPy array", what);
+        return NULL;
+    }
+    if (PyArray_NDIM((PyArrayObject *)obj) != ndim) {
+        PyErr_Format(ACEError, "%s must have %d dimensions, got %d", what, ndim,
+                     PyArray_NDIM((PyArrayObject *)obj));
+        return NULL;
+    }
+    return (PyArrayObject *)PyArray_FROM_OTF(obj, NPY_FLOAT32, NPY_ARRAY_IN_ARRAY);
+}
+
+/* ------------------------------------------------------------------ Encoder */
+
+typedef struct {
+    PyObject_HEAD
+    void *handle;
+} EncoderObject;
+
+static PyTypeObject EncoderType;
+
+static PyObject *wrap_encoder(void *handle) {
+    EncoderObject *self = PyObject_New(EncoderObject, &EncoderType);
+    if (!self) { ace_encoder_free(handle); return NULL; }
+    self->handle = handle;
+    return (PyObject *)self;
+}
+
+static int Encoder_init(EncoderObject *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"preset", "in_chans", "img_size", "drop_path", "seed", NULL};
+    const char *preset;
+    int in_chans = 1, img_size = 224;
+    float drop_path = 0.0f;
+    unsigned long long seed = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "s|iifK", kwlist, &preset, &in_chans,
+                                     &img_size, &drop_path, &seed))
+        return -1;
+    void *handle = NULL;
+    int32_t status;
+    Py_BEGIN_ALLOW_THREADS
+    status = ace_encoder_create(preset, in_chans, img_size, drop_path, seed, &handle);
+    Py_END_ALLOW_THREADS
+    if (status) { raise_core_error(); return -1; }
+    if (self->handle) ace_encoder_free(self->handle);
+    self->handle = handle;
+    return 0;
+}
+
+static void Encoder_dealloc(EncoderObject *self) {
+    if (self->handle) ace_encoder_free(self->handle);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int check_handle(EncoderObject *self) {
+    if (!self->handle) { PyErr_SetString(ACEError, "encoder is not initialized"); return 0; }
+    return 1;
+}
+
+static PyObject *Encoder_config_json(EncoderObject *self, PyObject *unused) {
+    if (!check_handle(self)) return NULL;
+    return PyUnicode_FromString(ace_encoder_config(self->handle));
+}
+
+static PyObject *Encoder_save(EncoderObject *self, PyObject *args) {
+    PyObject *path_obj;
+    if (!check_handle(self) || !PyArg_ParseTuple(args, "O&", PyUnicode_FSConverter, &path_obj)) return NULL;
+    int32_t status;
+    Py_BEGIN_ALLOW_THREADS
+    status = ace_encoder_save(self->handle, PyBytes_AS_STRING(path_obj));
+    Py_END_ALLOW_THREADS
+    Py_DECREF(path_obj);
+    if (status) return raise_core_error();
+    Py_RETURN_NONE;
+}
+
+/* [(name, shape tuple), ...] in the core's parameter order. */
+static PyObject *Encoder_tensors(EncoderObject *self, PyObject *unused) {
+    if (!check_handle(self)) return NULL;
+    int32_t n = ace_encoder_num_tensors(self->handle);
+    PyObject *list = PyList_New(n);
+    if (!list) return NULL;
+    for (int32_t i = 0; i < n; i++) {
+        const char *name;
+        int32_t ndim;
+        int64_t shape[4];
+        if (ace_encoder_tensor_info(self->handle, i, &name, &ndim, shape)) {
+            Py_DECREF(list);
+            return raise_core_error();
+        }
+        PyObject *dims = PyTuple_New(ndim);
+        for (int32_t d = 0; d < ndim; d++) PyTuple_SET_ITEM(dims, d, PyLong_FromLongLong(shape[d]));
+        PyList_SET_ITEM(list, i, Py_BuildValue("(sN)", name, dims));
+    }
+    return list;
+}
+
+static PyObject *Encoder_get_tensor(EncoderObject *self, PyObject *args) {
+    int index;
+    if (!check_handle(self) || !PyArg_ParseTuple(args, "i", &index)) return NULL;
+    const char *name;
+    int32_t ndim;
+    int64_t shape[4];
+    if (ace_encoder_tensor_info(self->handle, index, &name, &ndim, shape)) return raise_core_error();
+    npy_intp dims[4];
+    for (int d = 0; d < ndim; d++) dims[d] = (npy_intp)shape[d];
+    PyArrayObject *out = (PyArrayObject *)PyArray_SimpleNew(ndim, dims, NPY_FLOAT32);
+    if (!out) return NULL;
+    if (ace_encoder_get_tensor(self->handle, index, PyArray_DATA(out), PyArray_SIZE(out))) {
+        Py_DECREF(out);
+        return raise_core_error();
+    }
+    return (PyObject *)out;
+}
+
+static PyObject *Encoder_set_tensor(EncoderObject *self, PyObject *args) {
+    int index;
+    PyObject *obj;
+    if (!check_handle(self) || !PyArg_ParseTuple(args, "iO", &index, &obj)) return NULL;
+    if (!PyArray_Check(obj) || PyArray_TYPE((PyArrayObject *)obj) != NPY_FLOAT32) {
+        PyErr_SetString(ACEError, "tensor values must be a float32 NumPy array");
+        return NULL;
+    }
+    PyArrayObject *arr = (PyArrayObject *)PyArray_FROM_OTF(obj, NPY_FLOAT32, NPY_ARRAY_IN_ARRAY);
+    if (!arr) return NULL;
+    int32_t status = ace_encoder_set_tensor(self->handle, index, PyArray_DATA(arr), PyArray_SIZE(arr));
+    Py_DECREF(arr);
+    if (status) return raise_core_error();
+    Py_RETURN_NONE;
+}
+
+/* forward_features(x, out): x float32 (B, C, H, W); out float32 (B, 1 + h*w, embed_dim),
+ * allocated by the caller, which knows the config. The core checks every size. */
+static PyObject *Encoder_forward_features(EncoderObject *self, PyObject *args) {
+    PyObject *xo, *oo;
+    if (!check_handle(self) || !PyArg_ParseTuple(args, "OO", &xo, &oo)) return NULL;
+    if (!PyArray_Check(oo) || PyArray_TYPE((PyArrayObject *)oo) != NPY_FLOAT32 ||
+        !PyArray_ISCARRAY((PyArrayObject *)oo)) {
+        PyErr_SetString(ACEError, "out must be a writable C-contiguous float32 array");
+        return NULL;
+    }
+    PyArrayObject *x = float_array(xo, 4, "input");
+    if (!x) return NULL;
+    PyArrayObject *out = (PyArrayObject *)oo;
+    npy_intp *s = PyArray_DIMS(x);
+    int32_t status;
+    Py_BEGIN_ALLOW_THREADS
+    status = ace_encoder_forward_features(self->handle, PyArray_DATA(x), s[0], s[1], s[2], s[3],
+                                          PyArray_DATA(out), PyArray_SIZE(out));
+    Py_END_ALLOW_THREADS
+    Py_DECREF(x);
+    if (status) return raise_core_error();
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef Encoder_methods[] = {
+    {"config_json", (PyCFunction)Encoder_config_json, METH_NOARGS, "The encoder's config as JSON."},
+    {"save", (PyCFunction)Encoder_save, METH_VARARGS, "save(path): atomic safetensors write."},
+    {"tensors", (PyCFunction)Encoder_tensors, METH_NOARGS, "[(name, shape)] of the parameters."},
+    {"get_tensor", (PyCFunction)Encoder_get_tensor, METH_VARARGS, "get_tensor(i) -> float32 array (a copy)."},
+    {"set_tensor", (PyCFunction)Encoder_set_tensor, METH_VARARGS, "set_tensor(i, float32 array)."},
+    {"forward_features", (PyCFunction)Encoder_forward_features, METH_VARARGS,
+     "forward_features(x float32 (B, C, H, W), out float32 (B, 1 + h*w, embed_dim))."},
+    {NULL}};
+
+static PyTypeObject EncoderType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "ace._native.Encoder",
+    .tp_basicsize = sizeof(EncoderObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Encoder(preset, in_chans=1, img_size=224, drop_path=0.0, seed=0): a native ViT.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Encoder_init,
+    .tp_dealloc = (destructor)Encoder_dealloc,
+    .tp_methods = Encoder_methods,
+};
+
+/* ------------------------------------------------------------------ module */
+
+static PyObject *load_encoder(PyObject *mod, PyObject *args) {
+    PyObject *path_obj;
+    if (!PyArg_ParseTuple(args, "O&", PyUnicode_FSConverter, &path_obj)) return NULL;
+    void *handle = NULL;
+    int32_t status;
+    Py_BEGIN_ALLOW_THREADS
+    status = ace_encoder_load(PyBytes_AS_STRING(path_obj), &handle);
+    Py_END_ALLOW_THREADS
+    Py_DECREF(path_obj);
+    if (status) return raise_core_error();
+    return wrap_encoder(handle);
+}
+
+static PyObject *encoder_from_json(PyObject *mod, PyObject *args) {
+    const char *json;
+    unsigned long long seed = 0;
+    if (!PyArg_ParseTuple(args, "s|K", &json, &seed)) return NULL;
+    void *handle = NULL;
+    if (ace_encoder_create_from_json(json, seed, &handle)) return raise_core_error();
+    return wrap_encoder(handle);
+}
+
+static PyObject *set_num_threads(PyObject *mod, PyObject *args) {
+    int n;
+    if (!PyArg_ParseTuple(args, "i", &n)) return NULL;
+    if (ace_set_num_threads(n)) return raise_core_error();
+    Py_RETURN_NONE;
+}
+
+static PyObject *get_num_threads(PyObject *mod, PyObject *unused) {
+    return PyLong_FromLong(ace_get_num_threads());
+}
+
+/* gemm(a, b, trans_a, trans_b) -> op(a) @ op(b) through the core's BLAS. */
+static PyObject *gemm(PyObject *mod, PyObject *args) {
+    PyObject *ao, *bo;
+    int ta = 0, tb = 0;
+    if (!PyArg_ParseTuple(args, "OO|pp", &ao, &bo, &ta, &tb)) return NULL;
+    PyArrayObject *a = float_array(ao, 2, "a");
+    if (!a) return NULL;
+    PyArrayObject *b = float_array(bo, 2, "b");
+    if (!b) { Py_DECREF(a); return NULL; }
+    npy_intp m = PyArray_DIM(a, ta ? 1 : 0), k = PyArray_DIM(a, ta ? 0 : 1);
+    npy_intp kb = PyArray_DIM(b, tb ? 1 : 0), n = PyArray_DIM(b, tb ? 0 : 1);
+    PyArrayObject *c = NULL;
+    if (k != kb) {
+        PyErr_Format(ACEError, "gemm: inner dimensions differ (%zd vs %zd)", (Py_ssize_t)k, (Py_ssize_t)kb);
+    } else {
+        npy_intp dims[2] = {m, n};
+        c = (PyArrayObject *)PyArray_SimpleNew(2, dims, NPY_FLOAT32);
+        if (c) {
+            int32_t status;
+            Py_BEGIN_ALLOW_THREADS
+            status = ace_gemm(ta, tb, m, n, k, PyArray_DATA(a), PyArray_DATA(b), PyArray_DATA(c));
+            Py_END_ALLOW_THREADS
+            if (status) { Py_CLEAR(c); raise_core_error(); }
+        }
+    }
+    Py_DECREF(a);
+    Py_DECREF(b);
+    return (PyObject *)c;
+}
+
+static PyMethodDef module_methods[] = {
+    {"load_encoder", load_encoder, METH_VARARGS, "load_encoder(path) -> Encoder"},
+    {"encoder_from_json", encoder_from_json, METH_VARARGS, "encoder_from_json(json, seed=0) -> Encoder"},
+    {"set_num_threads", set_num_threads, METH_VARARGS, "Threads for BLAS and the core's kernels."},
+    {"get_num_threads", get_num_threads, METH_NOARGS, "Threads for BLAS and the core's kernels."},
+    {"gemm", gemm, METH_VARARGS, "gemm(a, b, trans_a=False, trans_b=False) -> op(a) @ op(b)"},
+    {NULL}};
+
+static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "ace._native", NULL, -1, module_methods};
+
+PyMODINIT_FUNC PyInit__native(void) {
+    import_array();
+    PyObject *errors = PyImport_ImportModule("ace.errors");
+    if (!errors) return NULL;
+    ACEError = PyObject_GetAttrString(errors, "ACEError");
+    Py_DECREF(errors);
+    if (!ACEError) return NULL;
+    if (PyType_Ready(&EncoderType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&module_def);
+    if (!m) return NULL;
+    Py_INCREF(&EncoderType);
+    PyModule_AddObject(m, "Encoder", (PyObject *)&EncoderType);
+    return m;
+}

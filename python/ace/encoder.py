@@ -1,0 +1,137 @@
+"""`ace.Encoder`: a Vision Transformer whose numerics run in the Swift core."""
+import json
+import os
+
+import numpy as np
+
+from . import _native
+from .errors import ACEError
+from .images import JSRT_MEAN, JSRT_STD, resize, to_channels, to_unit_float
+
+PRESETS = ("vit_nano", "vit_tiny", "vit_small", "vit_base")
+
+
+class Encoder:
+    """A timm-compatible ViT (patch 16, class token, learned position embedding).
+
+    Parameters follow timm's names, so `state_dict()` loads into
+    `timm.create_model("vit_tiny_patch16_224", in_chans=1, num_classes=0)` and the like.
+    One encoder is used by one thread at a time; concurrent calls wait for each other.
+    """
+
+    def __init__(self, preset="vit_tiny", *, in_chans=1, img_size=224, drop_path=0.0, seed=0,
+                 mean=JSRT_MEAN, std=JSRT_STD):
+        if preset not in PRESETS:
+            raise ACEError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        self._native = _native.Encoder(preset, int(in_chans), int(img_size), float(drop_path), int(seed))
+        self._init_common(mean, std)
+
+    @classmethod
+    def _wrap(cls, native, mean=JSRT_MEAN, std=JSRT_STD):
+        enc = cls.__new__(cls)
+        enc._native = native
+        enc._init_common(mean, std)
+        return enc
+
+    def _init_common(self, mean, std):
+        self.mean = float(mean)
+        self.std = float(std)
+        if not self.std > 0:
+            raise ACEError(f"std must be positive, got {std}")
+        self._tensors = self._native.tensors()
+        self._index = {name: i for i, (name, _) in enumerate(self._tensors)}
+
+    # ------------------------------------------------------------ persistence
+    @classmethod
+    def load(cls, path):
+        """Load an encoder saved by `save` (or any safetensors file with our metadata)."""
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise ACEError(f"no checkpoint file at {path}")
+        return cls._wrap(_native.load_encoder(path))
+
+    def save(self, path):
+        """Write a safetensors file atomically (timm names, config JSON in the metadata)."""
+        self._native.save(os.fspath(path))
+
+    @property
+    def config(self):
+        return json.loads(self._native.config_json())
+
+    @property
+    def num_params(self):
+        return int(sum(np.prod(shape) for _, shape in self._tensors))
+
+    def state_dict(self):
+        """{timm name: float32 array}, copies of the current weights."""
+        return {name: self._native.get_tensor(i) for i, (name, _) in enumerate(self._tensors)}
+
+    def load_state_dict(self, state):
+        """Replace every weight; names and shapes must match exactly."""
+        names = set(self._index)
+        missing, unexpected = sorted(names - set(state)), sorted(set(state) - names)
+        if missing or unexpected:
+            raise ACEError(f"state dict does not match the encoder: missing {missing}, unexpected {unexpected}")
+        arrays = {}
+        for name, shape in self._tensors:
+            a = np.asarray(state[name])
+            if a.shape != tuple(shape):
+                raise ACEError(f"tensor {name!r} has shape {a.shape}, expected {tuple(shape)}")
+            if a.dtype.kind != "f":
+                raise ACEError(f"tensor {name!r} has dtype {a.dtype}; expected floating point")
+            a = np.ascontiguousarray(a, dtype=np.float32)
+            if not np.isfinite(a).all():
+                raise ACEError(f"tensor {name!r} contains NaN or infinite values")
+            arrays[name] = a
+        for name, a in arrays.items():
+            self._native.set_tensor(self._index[name], a)
+
+    # ------------------------------------------------------------ inference
+    def forward_features(self, x):
+        """x float32 (B, in_chans, H, W), already normalized -> (B, 1 + h*w, C) after the
+        final norm, like timm's `forward_features`."""
+        x = np.asarray(x)
+        if x.dtype != np.float32:
+            if x.dtype.kind not in "fiu":
+                raise ACEError(f"input has dtype {x.dtype}; expected float32")
+            x = x.astype(np.float32)
+        cfg = self.config
+        if x.ndim != 4:
+            raise ACEError(f"input must be (B, in_chans, H, W), got shape {x.shape}")
+        p = cfg["patch_size"]
+        h, w = x.shape[2] // p, x.shape[3] // p
+        out = np.empty((x.shape[0], 1 + h * w, cfg["embed_dim"]), np.float32)
+        self._native.forward_features(np.ascontiguousarray(x), out)
+        return out
+
+    def preprocess(self, images):
+        """uint8/uint16/float images (B, H, W) or (B, H, W, C) -> normalized float32
+        (B, in_chans, img_size, img_size)."""
+        cfg = self.config
+        x = to_channels(to_unit_float(images), cfg["in_chans"])
+        x = resize(x, cfg["img_size"])
+        return (x - self.mean) / self.std
+
+    def embed(self, images, batch_size=64):
+        """Images -> (cls (B, C), tokens (B, h, w, C)) float32, in batches."""
+        if batch_size < 1:
+            raise ACEError(f"batch_size must be at least 1, got {batch_size}")
+        images = np.asarray(images)
+        if images.ndim not in (3, 4):
+            raise ACEError(f"images must be (B, H, W) or (B, H, W, C), got shape {images.shape}")
+        if images.shape[0] == 0:
+            raise ACEError("images are an empty batch")
+        cfg = self.config
+        g = cfg["img_size"] // cfg["patch_size"]
+        cls = np.empty((len(images), cfg["embed_dim"]), np.float32)
+        tokens = np.empty((len(images), g, g, cfg["embed_dim"]), np.float32)
+        for start in range(0, len(images), batch_size):
+            feats = self.forward_features(self.preprocess(images[start:start + batch_size]))
+            cls[start:start + len(feats)] = feats[:, 0]
+            tokens[start:start + len(feats)] = feats[:, 1:].reshape(len(feats), g, g, -1)
+        return cls, tokens
+
+    def __repr__(self):
+        c = self.config
+        return (f"Encoder({c['preset']!r}, in_chans={c['in_chans']}, img_size={c['img_size']}, "
+                f"params={self.num_params:,})")
