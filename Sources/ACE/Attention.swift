@@ -1,8 +1,6 @@
-import FoundationEssentials
-import Glibc
-
 /// Multi-head self-attention with a fused qkv projection, as timm's Attention.
 /// The 3C qkv outputs are ordered (3, heads, headDim); softmax(Q K^T / sqrt(d)) V per head.
+/// The per-(sample, head) products are small: each worker takes whole heads, serially.
 public final class Attention {
     public let qkv: Linear, proj: Linear
     public let dim: Int, heads: Int, headDim: Int
@@ -30,15 +28,15 @@ public final class Attention {
         qkv.forward(x, into: qkvOut)
         probs.reshape([b, hN, t, t]); context.reshape([b, t, c])
         let base = qkvOut.data, ps = probs.data, ctx = context.data, s = scale
-        parallelSmallProducts(b * hN) { bh, _ in
+        parallelWorkers(b * hN, minPerChunk: 1) { range, _ in for bh in range {
             let bi = bh / hN, h = bh % hN
             let q = base + bi * t * 3 * c + h * d
             let k = q + c, v = q + 2 * c
             let p = ps + bh * t * t
-            gemm(transB: true, m: t, n: t, k: d, alpha: s, a: q, lda: 3 * c, b: k, ldb: 3 * c, c: p)
+            serialGemm(transB: true, m: t, n: t, k: d, alpha: s, a: q, lda: 3 * c, b: k, ldb: 3 * c, c: p)
             for r in 0..<t { softmaxRow(p + r * t, t) }
-            gemm(m: t, n: d, k: t, a: p, b: v, ldb: 3 * c, c: ctx + bi * t * c + h * d, ldc: c)
-        }
+            serialGemm(m: t, n: d, k: t, a: p, b: v, ldb: 3 * c, c: ctx + bi * t * c + h * d, ldc: c)
+        } }
         proj.forward(context, into: y)
     }
 
@@ -49,7 +47,7 @@ public final class Attention {
         dScores.reshape([workerCount, t, t])
         let base = qkvOut.data, ps = probs.data, dctx = dContext.data, dq = dQKV.data
         let scratch = dScores.data, s = scale
-        parallelSmallProducts(b * hN) { bh, worker in
+        parallelWorkers(b * hN, minPerChunk: 1) { range, worker in for bh in range {
             let bi = bh / hN, h = bh % hN
             let q = base + bi * t * 3 * c + h * d
             let k = q + c, v = q + 2 * c
@@ -59,8 +57,8 @@ public final class Attention {
             let dO = dctx + bi * t * c + h * d
             let dp = scratch + worker * t * t
             // dV = P^T dO, dP = dO V^T.
-            gemm(transA: true, m: t, n: d, k: t, a: p, b: dO, ldb: c, c: gv, ldc: 3 * c)
-            gemm(transB: true, m: t, n: t, k: d, a: dO, lda: c, b: v, ldb: 3 * c, c: dp)
+            serialGemm(transA: true, m: t, n: d, k: t, a: p, b: dO, ldb: c, c: gv, ldc: 3 * c)
+            serialGemm(transB: true, m: t, n: t, k: d, a: dO, lda: c, b: v, ldb: 3 * c, c: dp)
             // dS = P * (dP - rowsum(dP * P)), folded with the scale of the scores.
             for r in 0..<t {
                 let pr = p + r * t, dr = dp + r * t
@@ -69,9 +67,9 @@ public final class Attention {
                 for j in 0..<t { dr[j] = s * pr[j] * (dr[j] - dot) }
             }
             // dQ = dS K, dK = dS^T Q.
-            gemm(m: t, n: d, k: t, a: dp, b: k, ldb: 3 * c, c: gq, ldc: 3 * c)
-            gemm(transA: true, m: t, n: d, k: t, a: dp, b: q, ldb: 3 * c, c: gk, ldc: 3 * c)
-        }
+            serialGemm(m: t, n: d, k: t, a: dp, b: k, ldb: 3 * c, c: gq, ldc: 3 * c)
+            serialGemm(transA: true, m: t, n: d, k: t, a: dp, b: q, ldb: 3 * c, c: gk, ldc: 3 * c)
+        } }
         qkv.backward(dQKV, into: dx)
     }
 }
@@ -81,7 +79,7 @@ func softmaxRow(_ p: UnsafeMutablePointer<Float>, _ n: Int) {
     var m = -Float.infinity
     for j in 0..<n { m = max(m, p[j]) }
     var sum: Float = 0
-    for j in 0..<n { let e = expf(p[j] - m); p[j] = e; sum += e }
+    for j in 0..<n { let e = fastExp(p[j] - m); p[j] = e; sum += e }
     let inv = 1 / sum
     for j in 0..<n { p[j] *= inv }
 }

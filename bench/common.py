@@ -1,0 +1,47 @@
+"""Shared benchmark helpers: the machine's sgemm rate through the core's own BLAS, and
+analytic FLOP counts of the models, so every benchmark prints a ratio measured in one run."""
+import time
+
+import numpy as np
+
+import ace
+from ace import _native
+
+
+def timed(fn, *, warmup_s=1.5, min_runs=3, min_s=2.0):
+    """Best-of-runs seconds of fn(), after a warm-up (two-core VMs need ~1.5 s to settle)."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < warmup_s:
+        fn()
+    times, start = [], time.perf_counter()
+    while len(times) < min_runs or time.perf_counter() - start < min_s:
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def sgemm_gflops(m=3136, n=576, k=192):
+    """GFLOP/s of one (m x k) @ (k x n) product through ace's OpenBLAS (ViT-shaped default:
+    32 images x 98 tokens ... the qkv product of a vit_tiny batch)."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((m, k), dtype=np.float32)
+    b = rng.standard_normal((k, n), dtype=np.float32)
+    return 2 * m * n * k / timed(lambda: _native.gemm(a, b)) / 1e9
+
+
+def vit_forward_flops(config, img_size=None):
+    """Multiply-adds x 2 of ViT forward_features for one image: patch embedding, and per
+    block qkv, Q K^T, P V, proj and the MLP. Norms and activations are not counted."""
+    c, depth, p = config["embed_dim"], config["depth"], config["patch_size"]
+    size = img_size or config["img_size"]
+    n = (size // p) ** 2
+    t = n + 1
+    hidden = c * config["mlp_ratio"]
+    patch = 2 * n * (config["in_chans"] * p * p) * c
+    block = 2 * t * c * 3 * c + 2 * 2 * t * t * c + 2 * t * c * c + 2 * 2 * t * c * hidden
+    return patch + depth * block
+
+
+def set_threads(n):
+    ace.set_num_threads(n)

@@ -1,0 +1,48 @@
+"""Inference speed of `Encoder.embed` against the machine's own sgemm rate.
+
+    python bench/encoder.py [--preset vit_tiny] [--batch 32] [--threads 2]
+
+Prints images/s, the sgemm GFLOP/s measured in the same run, and the fraction of that
+rate the encoder reaches (analytic FLOPs / time / sgemm rate).
+"""
+import argparse
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import ace  # noqa: E402
+from common import set_threads, sgemm_gflops, timed, vit_forward_flops  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="vit_tiny")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--img-size", type=int, default=224)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    args = ap.parse_args()
+    set_threads(args.threads)
+
+    enc = ace.Encoder(args.preset, img_size=args.img_size)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (args.batch, args.img_size, args.img_size), dtype=np.uint8)
+    x = enc.preprocess(images)
+
+    gemm_rate = sgemm_gflops()
+    t_forward = timed(lambda: enc.forward_features(x))
+    t_embed = timed(lambda: enc.embed(images, batch_size=args.batch))
+    gemm_rate = max(gemm_rate, sgemm_gflops())  # measured before and after: keep the better
+    flops = vit_forward_flops(enc.config) * args.batch
+    achieved = flops / t_forward / 1e9
+
+    print(f"{args.preset} @ {args.img_size}, batch {args.batch}, {args.threads} threads")
+    print(f"embed:            {args.batch / t_embed:8.1f} images/s  (incl. resize + normalize)")
+    print(f"forward_features: {args.batch / t_forward:8.1f} images/s  {achieved:6.1f} GFLOP/s")
+    print(f"sgemm (same run): {gemm_rate:8.1f} GFLOP/s")
+    print(f"fraction of sgemm rate: {achieved / gemm_rate:.2f}   (embed: {flops / t_embed / 1e9 / gemm_rate:.2f})")
+
+
+if __name__ == "__main__":
+    main()
