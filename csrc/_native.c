@@ -197,7 +197,157 @@ static PyTypeObject EncoderType = {
     .tp_methods = Encoder_methods,
 };
 
+/* ------------------------------------------------------------------ Trainer */
+
+typedef struct {
+    PyObject_HEAD
+    void *handle;
+} TrainerObject;
+
+static PyTypeObject TrainerType;
+
+static int Trainer_init(TrainerObject *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"config_json", "seed", NULL};
+    const char *json;
+    unsigned long long seed = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "s|K", kwlist, &json, &seed)) return -1;
+    void *handle = NULL;
+    int32_t status;
+    Py_BEGIN_ALLOW_THREADS
+    status = ace_trainer_create(json, seed, &handle);
+    Py_END_ALLOW_THREADS
+    if (status) { raise_core_error(); return -1; }
+    if (self->handle) ace_trainer_free(self->handle);
+    self->handle = handle;
+    return 0;
+}
+
+static void Trainer_dealloc(TrainerObject *self) {
+    if (self->handle) ace_trainer_free(self->handle);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int check_trainer(TrainerObject *self) {
+    if (!self->handle) { PyErr_SetString(ACEError, "trainer is not initialized"); return 0; }
+    return 1;
+}
+
+static PyObject *Trainer_config_json(TrainerObject *self, PyObject *unused) {
+    if (!check_trainer(self)) return NULL;
+    return PyUnicode_FromString(ace_trainer_config(self->handle));
+}
+
+static PyObject *Trainer_save(TrainerObject *self, PyObject *args) {
+    PyObject *path_obj;
+    if (!check_trainer(self) || !PyArg_ParseTuple(args, "O&", PyUnicode_FSConverter, &path_obj)) return NULL;
+    int32_t status;
+    Py_BEGIN_ALLOW_THREADS
+    status = ace_trainer_save(self->handle, PyBytes_AS_STRING(path_obj));
+    Py_END_ALLOW_THREADS
+    Py_DECREF(path_obj);
+    if (status) return raise_core_error();
+    Py_RETURN_NONE;
+}
+
+/* step(images float32 (B, H, W)) -> tuple of ACE_TRAINER_STATS floats. */
+static PyObject *Trainer_step(TrainerObject *self, PyObject *args) {
+    PyObject *obj;
+    if (!check_trainer(self) || !PyArg_ParseTuple(args, "O", &obj)) return NULL;
+    PyArrayObject *x = float_array(obj, 3, "images");
+    if (!x) return NULL;
+    double stats[ACE_TRAINER_STATS];
+    npy_intp *s = PyArray_DIMS(x);
+    int32_t status;
+    Py_BEGIN_ALLOW_THREADS
+    status = ace_trainer_step(self->handle, PyArray_DATA(x), s[0], s[1], s[2], stats);
+    Py_END_ALLOW_THREADS
+    Py_DECREF(x);
+    if (status) return raise_core_error();
+    PyObject *out = PyTuple_New(ACE_TRAINER_STATS);
+    for (int i = 0; i < ACE_TRAINER_STATS; i++) PyTuple_SET_ITEM(out, i, PyFloat_FromDouble(stats[i]));
+    return out;
+}
+
+static PyObject *Trainer_encoder(TrainerObject *self, PyObject *args) {
+    int which;
+    if (!check_trainer(self) || !PyArg_ParseTuple(args, "i", &which)) return NULL;
+    void *handle = NULL;
+    if (ace_trainer_encoder(self->handle, which, &handle)) return raise_core_error();
+    return wrap_encoder(handle);
+}
+
+static PyMethodDef Trainer_methods[] = {
+    {"config_json", (PyCFunction)Trainer_config_json, METH_NOARGS, "The run's config as JSON."},
+    {"save", (PyCFunction)Trainer_save, METH_VARARGS, "save(path): the whole run, atomically."},
+    {"step", (PyCFunction)Trainer_step, METH_VARARGS, "step(images float32 (B, H, W)) -> stats tuple."},
+    {"encoder", (PyCFunction)Trainer_encoder, METH_VARARGS, "encoder(0 student | 1 teacher) -> Encoder sharing weights."},
+    {NULL}};
+
+static PyTypeObject TrainerType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "ace._native.Trainer",
+    .tp_basicsize = sizeof(TrainerObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Trainer(config_json, seed=0): a native pretraining run.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Trainer_init,
+    .tp_dealloc = (destructor)Trainer_dealloc,
+    .tp_methods = Trainer_methods,
+};
+
 /* ------------------------------------------------------------------ module */
+
+static PyObject *load_trainer(PyObject *mod, PyObject *args) {
+    PyObject *path_obj;
+    if (!PyArg_ParseTuple(args, "O&", PyUnicode_FSConverter, &path_obj)) return NULL;
+    void *handle = NULL;
+    int32_t status;
+    Py_BEGIN_ALLOW_THREADS
+    status = ace_trainer_load(PyBytes_AS_STRING(path_obj), &handle);
+    Py_END_ALLOW_THREADS
+    Py_DECREF(path_obj);
+    if (status) return raise_core_error();
+    TrainerObject *self = PyObject_New(TrainerObject, &TrainerType);
+    if (!self) { ace_trainer_free(handle); return NULL; }
+    self->handle = handle;
+    return (PyObject *)self;
+}
+
+/* A writable C-contiguous array of the given type, or NULL with ACEError set. */
+static void *out_buffer(PyObject *obj, int type, const char *what) {
+    if (!PyArray_Check(obj) || PyArray_TYPE((PyArrayObject *)obj) != type ||
+        !PyArray_ISCARRAY((PyArrayObject *)obj)) {
+        PyErr_Format(ACEError, "%s must be a writable C-contiguous array of the right dtype", what);
+        return NULL;
+    }
+    return PyArray_DATA((PyArrayObject *)obj);
+}
+
+/* grid_crops(config_json, seed, count, boxes, o1, o2, t_comp, t_decomp, image, views1, views2):
+ * fills the caller's arrays (sized by ace.crops from the config); image/views may be None. */
+static PyObject *grid_crops(PyObject *mod, PyObject *args) {
+    const char *json;
+    unsigned long long seed;
+    long long count;
+    PyObject *bo, *o1o, *o2o, *tco, *tdo, *imo, *v1o, *v2o;
+    if (!PyArg_ParseTuple(args, "sKLOOOOOOOO", &json, &seed, &count, &bo, &o1o, &o2o, &tco, &tdo,
+                          &imo, &v1o, &v2o))
+        return NULL;
+    void *boxes = out_buffer(bo, NPY_INT32, "boxes"), *o1 = out_buffer(o1o, NPY_UINT8, "o1"),
+         *o2 = out_buffer(o2o, NPY_UINT8, "o2"), *tc = out_buffer(tco, NPY_FLOAT32, "t_comp"),
+         *td = out_buffer(tdo, NPY_FLOAT32, "t_decomp");
+    if (!boxes || !o1 || !o2 || !tc || !td) return NULL;
+    float *image = NULL, *v1 = NULL, *v2 = NULL;
+    if (imo != Py_None) {
+        image = out_buffer(imo, NPY_FLOAT32, "image");
+        v1 = out_buffer(v1o, NPY_FLOAT32, "views1");
+        v2 = out_buffer(v2o, NPY_FLOAT32, "views2");
+        if (!image || !v1 || !v2) return NULL;
+    }
+    if (ace_grid_crops(json, seed, count, boxes, o1, o2, tc, td, image, v1, v2)) return raise_core_error();
+    Py_RETURN_NONE;
+}
+
 
 static PyObject *load_encoder(PyObject *mod, PyObject *args) {
     PyObject *path_obj;
@@ -264,6 +414,8 @@ static PyObject *gemm(PyObject *mod, PyObject *args) {
 
 static PyMethodDef module_methods[] = {
     {"load_encoder", load_encoder, METH_VARARGS, "load_encoder(path) -> Encoder"},
+    {"load_trainer", load_trainer, METH_VARARGS, "load_trainer(path) -> Trainer"},
+    {"grid_crops", grid_crops, METH_VARARGS, "grid_crops(config_json, seed, count, buffers...)"},
     {"encoder_from_json", encoder_from_json, METH_VARARGS, "encoder_from_json(json, seed=0) -> Encoder"},
     {"set_num_threads", set_num_threads, METH_VARARGS, "Threads for BLAS and the core's kernels."},
     {"get_num_threads", get_num_threads, METH_NOARGS, "Threads for BLAS and the core's kernels."},
@@ -279,10 +431,12 @@ PyMODINIT_FUNC PyInit__native(void) {
     ACEError = PyObject_GetAttrString(errors, "ACEError");
     Py_DECREF(errors);
     if (!ACEError) return NULL;
-    if (PyType_Ready(&EncoderType) < 0) return NULL;
+    if (PyType_Ready(&EncoderType) < 0 || PyType_Ready(&TrainerType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module_def);
     if (!m) return NULL;
     Py_INCREF(&EncoderType);
     PyModule_AddObject(m, "Encoder", (PyObject *)&EncoderType);
+    Py_INCREF(&TrainerType);
+    PyModule_AddObject(m, "Trainer", (PyObject *)&TrainerType);
     return m;
 }

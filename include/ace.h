@@ -36,6 +36,26 @@ int32_t ace_encoder_forward_features(void *encoder, const float *x, int64_t batc
                                      int64_t channels, int64_t height, int64_t width,
                                      float *out, int64_t out_count);
 
+/* Pretraining runs (ACE and the DINO baseline). */
+#define ACE_TRAINER_STATS 11 /* loss, global, comp, decomp, lr, wd, momentum, grad_norm,
+                                step, comp_acc, decomp_acc */
+int32_t ace_trainer_create(const char *config_json, uint64_t seed, void **out);
+int32_t ace_trainer_load(const char *path, void **out);
+void ace_trainer_free(void *trainer);
+const char *ace_trainer_config(void *trainer);
+int32_t ace_trainer_save(void *trainer, const char *path);
+int32_t ace_trainer_step(void *trainer, const float *images, int64_t batch, int64_t height,
+                         int64_t width, double *stats /* ACE_TRAINER_STATS */);
+/* which: 0 student, 1 teacher; the encoder shares the trainer's weights. */
+int32_t ace_trainer_encoder(void *trainer, int32_t which, void **out);
+
+/* Grid crops for inspection; buffers sized by the caller from the config (N = fine_cells^2):
+ * boxes count x 8, o1 / o2 count x N, t_comp count x N x N/4, t_decomp count x N x 4N;
+ * image (image_size^2) and views (count x input_size^2) may be NULL. */
+int32_t ace_grid_crops(const char *config_json, uint64_t seed, int64_t count, int32_t *boxes,
+                       uint8_t *o1, uint8_t *o2, float *t_comp, float *t_decomp,
+                       const float *image, float *views1, float *views2);
+
 #ifdef __cplusplus
 }
 #endif

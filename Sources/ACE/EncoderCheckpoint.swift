@@ -28,13 +28,21 @@ extension VisionTransformer {
                               metadata: metadata, to: path)
     }
 
+    /// Loads an encoder file, or the teacher encoder of a training checkpoint.
     public static func load(from path: String) throws -> VisionTransformer {
         let (metadata, entries) = try Safetensors.read(path)
-        guard let json = metadata["config"] else {
+        let isRun = metadata["format"] == Trainer.checkpointFormat
+        guard let json = isRun ? metadata["encoder_config"] : metadata["config"] else {
             throw ACEError("checkpoint \(path) has no encoder config in its metadata")
         }
         let model = try VisionTransformer(try config(fromJSON: json))
-        try model.loadState(entries.mapValues { ($0.shape, $0.values) }, source: path)
+        var state: [String: (shape: [Int], values: [Float])] = [:]
+        for (name, e) in entries {
+            if !isRun { state[name] = (e.shape, e.values) } else if name.hasPrefix("teacher.") {
+                state[String(name.dropFirst("teacher.".count))] = (e.shape, e.values)
+            }
+        }
+        try model.loadState(state, source: path)
         return model
     }
 

@@ -1,13 +1,13 @@
-/// fc1 -> GELU -> fc2, hidden width 4C.
+/// fc1 -> GELU -> fc2 (in the encoder: C -> 4C -> C).
 public final class MLP {
     public let fc1: Linear, fc2: Linear
     private let act = GELU()
     private let h = Tensor([0]), a = Tensor([0])
     private let da = Tensor([0]), dh = Tensor([0])
 
-    public init(_ name: String, _ dim: Int, _ hidden: Int) {
-        fc1 = Linear("\(name).fc1", dim, hidden)
-        fc2 = Linear("\(name).fc2", hidden, dim)
+    public init(_ name: String, _ inFeatures: Int, _ hidden: Int, _ outFeatures: Int? = nil) {
+        fc1 = Linear("\(name).fc1", inFeatures, hidden)
+        fc2 = Linear("\(name).fc2", hidden, outFeatures ?? inFeatures)
     }
 
     public var parameters: [Parameter] { fc1.parameters + fc2.parameters }

@@ -2,24 +2,42 @@ import ACE
 import FoundationEssentials
 import Glibc
 
-/// An encoder handle. The lock makes concurrent calls on one handle from several Python
-/// threads (the GIL is released during them) wait for each other instead of racing.
+/// A mutex serializing the calls on one handle: Python threads may call concurrently (the
+/// GIL is released during calls) and must wait for each other instead of racing.
+final class HandleLock {
+    /// Heap-allocated: a pthread mutex must not move.
+    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+
+    init() { pthread_mutex_init(mutex, nil) }
+
+    deinit {
+        pthread_mutex_destroy(mutex)
+        mutex.deallocate()
+    }
+
+    func locked<T>(_ body: () throws -> T) rethrows -> T {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        return try body()
+    }
+}
+
+/// An encoder handle. Encoders that belong to a trainer share the trainer's lock.
 final class EncoderHandle {
     let model: VisionTransformer
-    private var mutex = pthread_mutex_t()
+    let lock: HandleLock
     let configJSON: UnsafeMutablePointer<CChar>
     /// Parameter names as C strings, alive as long as the handle.
     let names: [UnsafePointer<CChar>]
 
-    init(_ model: VisionTransformer) {
+    init(_ model: VisionTransformer, lock: HandleLock = HandleLock()) {
         self.model = model
-        pthread_mutex_init(&mutex, nil)
+        self.lock = lock
         configJSON = strdup(model.configJSON)
         names = model.parameters.map { UnsafePointer(strdup($0.name)!) }
     }
 
     deinit {
-        pthread_mutex_destroy(&mutex)
         free(configJSON)
         for n in names { free(UnsafeMutablePointer(mutating: n)) }
     }
@@ -34,11 +52,7 @@ final class EncoderHandle {
         return p
     }
 
-    func locked<T>(_ body: () throws -> T) rethrows -> T {
-        pthread_mutex_lock(&mutex)
-        defer { pthread_mutex_unlock(&mutex) }
-        return try body()
-    }
+    func locked<T>(_ body: () throws -> T) rethrows -> T { try lock.locked(body) }
 }
 
 func encoder(_ h: UnsafeMutableRawPointer?) throws -> EncoderHandle {

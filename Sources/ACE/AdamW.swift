@@ -1,0 +1,71 @@
+import Glibc
+
+/// AdamW (decoupled weight decay, PyTorch's formulation) over a list of parameters, with
+/// the moment buffers kept per parameter so they can be checkpointed.
+public final class AdamW {
+    public let parameters: [Parameter]
+    public let m: [Tensor], v: [Tensor]
+    public var beta1: Float = 0.9, beta2: Float = 0.999, eps: Float = 1e-8
+    /// Number of updates taken (for bias correction).
+    public var t = 0
+
+    public init(_ parameters: [Parameter]) {
+        self.parameters = parameters
+        m = parameters.map { Tensor($0.shape) }
+        v = parameters.map { Tensor($0.shape) }
+    }
+
+    /// p <- p - lr * wd * p (weight matrices only), then the Adam update.
+    public func step(lr: Float, weightDecay: Float) {
+        t += 1
+        let c1 = 1 - pow(beta1, Float(t)), c2 = 1 - pow(beta2, Float(t))
+        let (b1, b2, eps) = (beta1, beta2, eps)
+        for (i, p) in parameters.enumerated() {
+            let decay = p.decays ? 1 - lr * weightDecay : 1
+            let w = p.value.data, g = p.grad.data, ms = m[i].data, vs = v[i].data
+            parallelChunks(p.count, minPerChunk: 16384) { range in
+                for j in range {
+                    let gj = g[j]
+                    ms[j] = b1 * ms[j] + (1 - b1) * gj
+                    vs[j] = b2 * vs[j] + (1 - b2) * gj * gj
+                    let mHat = ms[j] / c1, vHat = vs[j] / c2
+                    w[j] = w[j] * decay - lr * mHat / (vHat.squareRoot() + eps)
+                }
+            }
+        }
+    }
+}
+
+/// Gradient clipping. Per tensor (DINO's clip_gradients): each parameter's gradient is scaled
+/// by clip / (norm + 1e-6) when its norm exceeds clip. Global: all gradients together.
+/// Returns the global norm before clipping.
+@discardableResult
+public func clipGradients(_ parameters: [Parameter], maxNorm: Float, perTensor: Bool) -> Float {
+    let norms = parameters.map { p -> Double in
+        var s = 0.0
+        let g = p.grad.data
+        for j in 0..<p.count { s += Double(g[j]) * Double(g[j]) }
+        return s
+    }
+    let global = Float(norms.reduce(0, +).squareRoot())
+    guard maxNorm > 0 else { return global }
+    for (p, sq) in zip(parameters, norms) {
+        let norm = perTensor ? Float(sq.squareRoot()) : global
+        let coef = maxNorm / (norm + 1e-6)
+        if coef < 1 {
+            let g = p.grad.data
+            for j in 0..<p.count { g[j] *= coef }
+        }
+    }
+    return global
+}
+
+/// teacher <- momentum * teacher + (1 - momentum) * student, tensor by tensor.
+public func emaUpdate(teacher: [Parameter], student: [Parameter], momentum: Float) {
+    for (t, s) in zip(teacher, student) {
+        let tv = t.value.data, sv = s.value.data
+        parallelChunks(t.count, minPerChunk: 16384) { range in
+            for j in range { tv[j] = momentum * tv[j] + (1 - momentum) * sv[j] }
+        }
+    }
+}

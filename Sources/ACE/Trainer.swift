@@ -1,0 +1,239 @@
+/// One ACE (or DINO-baseline) pretraining run: student and EMA teacher encoders, the local
+/// heads, the DINO heads, AdamW with DINO's schedules, and the run's random generator.
+/// A step is: views -> student and teacher forward -> losses -> student backward ->
+/// clip -> AdamW -> EMA teacher -> center.
+public final class Trainer {
+    public let config: PretrainConfig
+    public let student: VisionTransformer
+    public let teacher: VisionTransformer
+    public let composer: Composer
+    public let decomposer: Decomposer
+    public let head: DINOHead
+    public let teacherHead: DINOHead
+    public let optimizer: AdamW
+    public let center: Tensor
+    public internal(set) var step = 0
+    public internal(set) var rng: RNG
+
+    private let augment: PhotometricAugment
+    private let compLoss: LocalMatchLoss, decompLoss: LocalMatchLoss
+    private let globalLoss: GlobalLoss
+    private let resized = Tensor([0]), views = Tensor([0])
+    private let dTokens = Tensor([0]), dz = Tensor([0])
+    private let pooledStudent = Tensor([0]), pooledTeacher = Tensor([0])
+    private let dLogits = Tensor([0]), dPooled = Tensor([0])
+
+    /// Learning rate, weight decay and teacher momentum as functions of the step.
+    public let lrSchedule: CosineSchedule, wdSchedule: CosineSchedule, momentumSchedule: CosineSchedule
+
+    public struct Stats {
+        public var loss = 0.0, global = 0.0, comp = 0.0, decomp = 0.0
+        public var lr = 0.0, wd = 0.0, momentum = 0.0, gradNorm = 0.0
+        public var step = 0
+        /// Teacher rows whose best-matching student column is the target's peak.
+        public var compAccuracy = 0.0, decompAccuracy = 0.0
+    }
+
+    public init(_ config: PretrainConfig, seed: UInt64) throws {
+        try config.validate()
+        self.config = config
+        let enc = try config.encoderConfig
+        student = try VisionTransformer(enc, seed: seed)
+        var teacherConfig = enc
+        teacherConfig.dropPath = 0
+        teacher = try VisionTransformer(teacherConfig, seed: seed)
+        let c = enc.embedDim, hidden = config.localHidden > 0 ? config.localHidden : 4 * c
+        composer = Composer(dim: c, hidden: hidden)
+        decomposer = Decomposer(dim: c, hidden: hidden)
+        head = DINOHead("head", dim: c, hidden: config.headHidden, bottleneck: config.headBottleneck,
+                        prototypes: config.headPrototypes)
+        teacherHead = DINOHead("teacher_head", dim: c, hidden: config.headHidden, bottleneck: config.headBottleneck,
+                               prototypes: config.headPrototypes)
+        rng = RNG(seed: seed &+ 0x5EED)
+        for l in [composer.mlp.fc1, composer.mlp.fc2, decomposer.mlp.fc1, decomposer.mlp.fc2] { l.initialize(&rng) }
+        head.initialize(&rng)
+        copyValues(from: student.parameters, to: teacher.parameters)
+        copyValues(from: head.parameters, to: teacherHead.parameters)
+        center = Tensor([config.headPrototypes])
+
+        var trainable = student.parameters
+        if config.usesComp { trainable += composer.parameters }
+        if config.usesDecomp { trainable += decomposer.parameters }
+        if config.usesGlobal { trainable += head.parameters }
+        optimizer = AdamW(trainable)
+
+        augment = PhotometricAugment(config.augment)
+        compLoss = LocalMatchLoss(alpha: config.alphaComp, scale: config.logitScale)
+        decompLoss = LocalMatchLoss(alpha: config.alphaDecomp, scale: config.logitScale)
+        globalLoss = GlobalLoss(studentTemp: config.studentTemp, teacherTemp: config.teacherTemp)
+
+        let total = config.totalSteps
+        let baseLR = Double(config.lr) * Double(config.batchSize) / 256
+        lrSchedule = CosineSchedule(base: baseLR, final: Double(config.minLR), totalSteps: total,
+                                    warmupSteps: Int(Double(config.warmupFraction) * Double(total)))
+        wdSchedule = CosineSchedule(base: Double(config.weightDecay), final: Double(config.weightDecayEnd), totalSteps: total)
+        momentumSchedule = CosineSchedule(base: Double(config.momentumTeacher), final: 1, totalSteps: total)
+    }
+
+    /// Every tensor of the run, by checkpoint name, with whether it is a parameter value.
+    public var namedTensors: [(String, Tensor)] {
+        var out: [(String, Tensor)] = []
+        out += student.parameters.map { ("student.\($0.name)", $0.value) }
+        out += teacher.parameters.map { ("teacher.\($0.name)", $0.value) }
+        for p in composer.parameters + decomposer.parameters + head.parameters + teacherHead.parameters {
+            out.append((p.name, p.value))
+        }
+        for (p, (m, v)) in zip(optimizer.parameters, zip(optimizer.m, optimizer.v)) {
+            let owner = student.parameters.contains { $0 === p } ? "student." : ""
+            out.append(("adam_m.\(owner)\(p.name)", m))
+            out.append(("adam_v.\(owner)\(p.name)", v))
+        }
+        out.append(("center", center))
+        return out
+    }
+
+    // MARK: - The training step
+
+    /// images: (B, height, width) floats in [0, 1]. Builds the views, runs one update.
+    public func step(images: UnsafePointer<Float>, batch b: Int, height: Int, width: Int) throws -> Stats {
+        try require(b >= 1, "empty batch")
+        try require(height >= 1 && width >= 1, "images must have positive height and width")
+        let count = b * height * width
+        for i in 0..<count where !images[i].isFinite {
+            throw ACEError("images contain NaN or infinite values")
+        }
+        let crops = try makeViews(images, batch: b, height: height, width: width)
+        let n = config.grid.side, tokens = 1 + n * n, c = student.config.embedDim
+
+        var stepRNG = rng
+        let s = try student.forward(views, training: true, rng: &stepRNG)
+        let t = try teacher.forward(views)
+        rng = stepRNG
+
+        dTokens.reshape([2 * b, tokens, c]); dTokens.zero()
+        var stats = Stats()
+        let studentC1 = s.data, studentC2 = s.data + b * tokens * c
+        let teacherC1 = UnsafePointer(t.data), teacherC2 = UnsafePointer(t.data + b * tokens * c)
+
+        if config.usesComp {
+            let z = composer.forward(studentC1, batch: b, side: n)
+            let r = compLoss(teacher: teacherC2, tokens: n * n, z: z, targets: crops.map(\.compositionTarget),
+                             weight: config.compWeight, dz: dz)
+            composer.backward(dz, side: n, into: dTokens.data)
+            stats.comp = r.loss; stats.compAccuracy = r.accuracy
+        }
+        if config.usesDecomp {
+            let z = decomposer.forward(studentC2, batch: b, side: n)
+            let r = decompLoss(teacher: teacherC1, tokens: n * n, z: z, targets: crops.map(\.decompositionTarget),
+                               weight: config.decompWeight, dz: dz)
+            decomposer.backward(dz, side: n, into: dTokens.data + b * tokens * c)
+            stats.decomp = r.loss; stats.decompAccuracy = r.accuracy
+        }
+        if config.usesGlobal {
+            let masks = poolingMasks(crops, batch: b)
+            pool(s, masks: masks, into: pooledStudent)
+            pool(t, masks: masks, into: pooledTeacher)
+            let studentLogits = head.forward(pooledStudent)
+            let teacherLogits = teacherHead.forward(pooledTeacher)
+            let weight = config.objective == "dino" ? 1 : config.globalWeight
+            stats.global = globalLoss(student: studentLogits, teacher: teacherLogits, center: center,
+                                      weight: weight, dStudent: dLogits)
+            head.backward(dLogits, into: dPooled)
+            unpool(dPooled, masks: masks, into: dTokens)
+            GlobalLoss.updateCenter(center, teacher: teacherLogits, momentum: config.centerMomentum)
+        }
+        stats.loss = Double(config.objective == "dino" ? 1 : config.globalWeight) * stats.global
+            + Double(config.compWeight) * stats.comp + Double(config.decompWeight) * stats.decomp
+
+        student.backward(dTokens)
+        if step < config.freezeLastLayerEpochs * config.stepsPerEpoch { head.lastLayer.grad.zero() }
+        stats.gradNorm = Double(clipGradients(optimizer.parameters, maxNorm: config.clipGrad,
+                                              perTensor: config.clipMode == "per_tensor"))
+        stats.lr = lrSchedule(step); stats.wd = wdSchedule(step); stats.momentum = momentumSchedule(step)
+        optimizer.step(lr: Float(stats.lr), weightDecay: Float(stats.wd))
+        for p in optimizer.parameters { p.grad.zero() }
+        emaUpdate(teacher: teacher.parameters, student: student.parameters, momentum: Float(stats.momentum))
+        if config.usesGlobal {
+            emaUpdate(teacher: teacherHead.parameters, student: head.parameters, momentum: Float(stats.momentum))
+        }
+        step += 1
+        stats.step = step
+        try require(stats.loss.isFinite, "the loss became \(stats.loss) at step \(step); lower the learning rate")
+        return stats
+    }
+
+    // MARK: - Views
+
+    /// Fills `views` with (2B, in_chans, input, input): rows 0..<B view 1, rows B..<2B view 2,
+    /// each resized, cropped, augmented and normalized. Returns the grid crops (ACE) or the
+    /// full-view geometry stand-ins (DINO) used for pooling.
+    @discardableResult
+    public func makeViews(_ images: UnsafePointer<Float>, batch b: Int, height: Int, width: Int) throws -> [GridCrop] {
+        let g = config.grid, size = g.inputSize, chans = config.inChans
+        resized.reshape([g.imageSize, g.imageSize])
+        views.reshape([2 * b, chans, size, size])
+        var crops: [GridCrop] = []
+        for i in 0..<b {
+            try resizeImage(images + i * height * width, width: width, height: height, to: resized.data, size: g.imageSize)
+            let boxes: [(x: Int, y: Int, w: Int, h: Int)]
+            if config.objective == "ace" {
+                let crop = GridCrop.sample(g, rng: &rng)
+                crops.append(crop)
+                boxes = [crop.c1Box, crop.c2Box].map { ($0.x0, $0.y0, $0.x1 - $0.x0, $0.y1 - $0.y0) }
+            } else {
+                let scale = (config.dinoScaleMin, config.dinoScaleMax)
+                boxes = (0..<2).map { _ in randomResizedCrop(width: g.imageSize, height: g.imageSize, scale: scale, rng: &rng) }
+            }
+            for (v, box) in boxes.enumerated() {
+                let view = views.data + ((v * b + i) * chans) * size * size
+                cropResize(resized.data, width: g.imageSize, height: g.imageSize, box: box, to: view, size: size)
+                augment.apply(view, size: size, rng: &rng)
+                let (mean, inv) = (config.mean, 1 / config.std)
+                for j in 0..<(size * size) { view[j] = (view[j] - mean) * inv }
+                for ch in 1..<max(chans, 1) { (view + ch * size * size).update(from: view, count: size * size) }
+            }
+        }
+        return crops
+    }
+
+    /// Per row of the 2B views, the patch tokens to average: the overlap mask (ACE) or, for
+    /// DINO, nil meaning "the class token".
+    private func poolingMasks(_ crops: [GridCrop], batch b: Int) -> [[Bool]?] {
+        guard config.objective == "ace" else { return Array(repeating: nil, count: 2 * b) }
+        return crops.map { Optional($0.o1) } + crops.map { Optional($0.o2) }
+    }
+
+    private func pool(_ tokens: Tensor, masks: [[Bool]?], into out: Tensor) {
+        let rows = tokens.shape[0], t = tokens.shape[1], c = tokens.shape[2]
+        out.reshape([rows, c]); out.zero()
+        for r in 0..<rows {
+            let dst = out.data + r * c, base = tokens.data + r * t * c
+            guard let mask = masks[r] else { dst.update(from: base, count: c); continue }
+            let inv = 1 / Float(mask.filter { $0 }.count)
+            for (i, inside) in mask.enumerated() where inside {
+                let src = base + (1 + i) * c
+                for k in 0..<c { dst[k] += src[k] * inv }
+            }
+        }
+    }
+
+    private func unpool(_ dPooled: Tensor, masks: [[Bool]?], into dTokens: Tensor) {
+        let rows = dTokens.shape[0], t = dTokens.shape[1], c = dTokens.shape[2]
+        for r in 0..<rows {
+            let src = dPooled.data + r * c, base = dTokens.data + r * t * c
+            guard let mask = masks[r] else {
+                for k in 0..<c { base[k] += src[k] }
+                continue
+            }
+            let inv = 1 / Float(mask.filter { $0 }.count)
+            for (i, inside) in mask.enumerated() where inside {
+                let dst = base + (1 + i) * c
+                for k in 0..<c { dst[k] += src[k] * inv }
+            }
+        }
+    }
+}
+
+func copyValues(from source: [Parameter], to target: [Parameter]) {
+    for (s, t) in zip(source, target) { t.value.data.update(from: s.value.data, count: s.count) }
+}

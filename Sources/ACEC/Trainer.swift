@@ -1,0 +1,129 @@
+import ACE
+import FoundationEssentials
+import Glibc
+
+/// A training-run handle; like encoders, one handle's calls are serialized by its lock.
+final class TrainerHandle {
+    let trainer: Trainer
+    let lock = HandleLock()
+    let configJSON: UnsafeMutablePointer<CChar>
+
+    init(_ trainer: Trainer) throws {
+        self.trainer = trainer
+        configJSON = strdup(String(decoding: try JSONEncoder().encode(trainer.config), as: UTF8.self))
+    }
+
+    deinit { free(configJSON) }
+}
+
+func trainerHandle(_ h: UnsafeMutableRawPointer?) throws -> TrainerHandle {
+    guard let h else { throw ACEError("null trainer handle") }
+    return Unmanaged<TrainerHandle>.fromOpaque(h).takeUnretainedValue()
+}
+
+/// Number of values ace_trainer_step writes: loss, global, comp, decomp, lr, wd, momentum,
+/// grad_norm, step, comp_acc, decomp_acc.
+let statCount = 11
+
+@_cdecl("ace_trainer_create")
+public func ace_trainer_create(_ json: UnsafePointer<CChar>?, _ seed: UInt64,
+                               _ out: UnsafeMutablePointer<UnsafeMutableRawPointer?>?) -> Int32 {
+    guarded {
+        let config = try decodePretrainConfig(try string(json, "config"))
+        out?.pointee = Unmanaged.passRetained(try TrainerHandle(try Trainer(config, seed: seed))).toOpaque()
+    }
+}
+
+@_cdecl("ace_trainer_load")
+public func ace_trainer_load(_ path: UnsafePointer<CChar>?,
+                             _ out: UnsafeMutablePointer<UnsafeMutableRawPointer?>?) -> Int32 {
+    guarded {
+        let trainer = try Trainer.load(from: try string(path, "path"))
+        out?.pointee = Unmanaged.passRetained(try TrainerHandle(trainer)).toOpaque()
+    }
+}
+
+@_cdecl("ace_trainer_free")
+public func ace_trainer_free(_ h: UnsafeMutableRawPointer?) {
+    guard let h else { return }
+    Unmanaged<TrainerHandle>.fromOpaque(h).release()
+}
+
+@_cdecl("ace_trainer_config")
+public func ace_trainer_config(_ h: UnsafeMutableRawPointer?) -> UnsafePointer<CChar>? {
+    guard let t = try? trainerHandle(h) else { return nil }
+    return UnsafePointer(t.configJSON)
+}
+
+@_cdecl("ace_trainer_save")
+public func ace_trainer_save(_ h: UnsafeMutableRawPointer?, _ path: UnsafePointer<CChar>?) -> Int32 {
+    guarded {
+        let t = try trainerHandle(h)
+        let p = try string(path, "path")
+        try t.lock.locked { try t.trainer.save(to: p) }
+    }
+}
+
+/// images (B, H, W) float32 in [0, 1]; stats receives `statCount` doubles.
+@_cdecl("ace_trainer_step")
+public func ace_trainer_step(_ h: UnsafeMutableRawPointer?, _ images: UnsafePointer<Float>?,
+                             _ b: Int64, _ height: Int64, _ width: Int64,
+                             _ stats: UnsafeMutablePointer<Double>?) -> Int32 {
+    guarded {
+        let t = try trainerHandle(h)
+        guard let images, let stats else { throw ACEError("null images or stats") }
+        guard b >= 0, height >= 0, width >= 0 else { throw ACEError("negative image dimension") }
+        let s = try t.lock.locked { try t.trainer.step(images: images, batch: Int(b), height: Int(height), width: Int(width)) }
+        let values = [s.loss, s.global, s.comp, s.decomp, s.lr, s.wd, s.momentum, s.gradNorm, Double(s.step),
+                      s.compAccuracy, s.decompAccuracy]
+        for (i, v) in values.enumerated() { stats[i] = v }
+    }
+}
+
+/// The student (which 0) or teacher (which 1) encoder as an encoder handle sharing the
+/// weights (no copy): it sees every update the trainer makes.
+@_cdecl("ace_trainer_encoder")
+public func ace_trainer_encoder(_ h: UnsafeMutableRawPointer?, _ which: Int32,
+                                _ out: UnsafeMutablePointer<UnsafeMutableRawPointer?>?) -> Int32 {
+    guarded {
+        let t = try trainerHandle(h)
+        guard which == 0 || which == 1 else { throw ACEError("encoder must be 0 (student) or 1 (teacher)") }
+        let model = which == 0 ? t.trainer.student : t.trainer.teacher
+        out?.pointee = Unmanaged.passRetained(EncoderHandle(model, lock: t.lock)).toOpaque()
+    }
+}
+
+/// Samples `count` grid crops with a generator seeded by `seed`, for inspection. Per crop:
+/// boxes[8] = C1 (x0, y0, x1, y1), C2 (x0, y0, x1, y1); o1, o2 (N each); t_comp (N x N/4);
+/// t_decomp (N x 4N), N = fine_cells^2. When image (S x S, S = image_size) is given, the
+/// un-augmented views (input x input each) are written to views1 / views2.
+@_cdecl("ace_grid_crops")
+public func ace_grid_crops(_ json: UnsafePointer<CChar>?, _ seed: UInt64, _ count: Int64,
+                           _ boxes: UnsafeMutablePointer<Int32>?, _ o1: UnsafeMutablePointer<UInt8>?,
+                           _ o2: UnsafeMutablePointer<UInt8>?, _ tComp: UnsafeMutablePointer<Float>?,
+                           _ tDecomp: UnsafeMutablePointer<Float>?, _ image: UnsafePointer<Float>?,
+                           _ views1: UnsafeMutablePointer<Float>?, _ views2: UnsafeMutablePointer<Float>?) -> Int32 {
+    guarded {
+        let config = try decodePretrainConfig(try string(json, "config"))
+        let g = config.grid
+        guard count >= 0, let boxes, let o1, let o2, let tComp, let tDecomp else { throw ACEError("null output buffer") }
+        var rng = RNG(seed: seed)
+        let n = g.tokens, size = g.inputSize
+        for i in 0..<Int(count) {
+            let crop = GridCrop.sample(g, rng: &rng)
+            let (a, b) = (crop.c1Box, crop.c2Box)
+            for (k, v) in [a.x0, a.y0, a.x1, a.y1, b.x0, b.y0, b.x1, b.y1].enumerated() { boxes[i * 8 + k] = Int32(v) }
+            for (k, v) in crop.o1.enumerated() { o1[i * n + k] = v ? 1 : 0 }
+            for (k, v) in crop.o2.enumerated() { o2[i * n + k] = v ? 1 : 0 }
+            (tComp + i * n * g.composed).update(from: crop.compositionTarget, count: n * g.composed)
+            (tDecomp + i * n * g.decomposed).update(from: crop.decompositionTarget, count: n * g.decomposed)
+            if let image, let views1, let views2 {
+                for (box, dst) in [(a, views1), (b, views2)] {
+                    cropResize(image, width: g.imageSize, height: g.imageSize,
+                               box: (box.x0, box.y0, box.x1 - box.x0, box.y1 - box.y0),
+                               to: dst + i * size * size, size: size)
+                }
+            }
+        }
+    }
+}
