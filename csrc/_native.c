@@ -412,7 +412,39 @@ static PyObject *gemm(PyObject *mod, PyObject *args) {
     return (PyObject *)c;
 }
 
+/* local_match_loss(teacher (B,N,C), z (B,Nz,C), targets (B,N,Nz), alpha, scale) -> (loss, dz). */
+static PyObject *local_match_loss(PyObject *mod, PyObject *args) {
+    PyObject *to, *zo, *go;
+    float alpha, scale;
+    if (!PyArg_ParseTuple(args, "OOOff", &to, &zo, &go, &alpha, &scale)) return NULL;
+    PyArrayObject *t = float_array(to, 3, "teacher"), *z = NULL, *g = NULL, *dz = NULL;
+    PyObject *result = NULL;
+    if (!t || !(z = float_array(zo, 3, "z")) || !(g = float_array(go, 3, "targets"))) goto done;
+    npy_intp b = PyArray_DIM(t, 0), n = PyArray_DIM(t, 1), c = PyArray_DIM(t, 2), nz = PyArray_DIM(z, 1);
+    if (PyArray_DIM(z, 0) != b || PyArray_DIM(z, 2) != c || PyArray_DIM(g, 0) != b ||
+        PyArray_DIM(g, 1) != n || PyArray_DIM(g, 2) != nz) {
+        PyErr_SetString(ACEError, "local_match_loss: shapes must be (B, N, C), (B, Nz, C), (B, N, Nz)");
+        goto done;
+    }
+    dz = (PyArrayObject *)PyArray_SimpleNew(3, PyArray_DIMS(z), NPY_FLOAT32);
+    if (!dz) goto done;
+    double loss = 0;
+    if (ace_local_match_loss(PyArray_DATA(t), PyArray_DATA(z), PyArray_DATA(g), b, n, nz, c, alpha, scale,
+                             &loss, PyArray_DATA(dz))) {
+        raise_core_error();
+        goto done;
+    }
+    result = Py_BuildValue("(dO)", loss, dz);
+done:
+    Py_XDECREF(t);
+    Py_XDECREF(z);
+    Py_XDECREF(g);
+    Py_XDECREF(dz);
+    return result;
+}
+
 static PyMethodDef module_methods[] = {
+    {"local_match_loss", local_match_loss, METH_VARARGS, "local_match_loss(teacher, z, targets, alpha, scale) -> (loss, dz)"},
     {"load_encoder", load_encoder, METH_VARARGS, "load_encoder(path) -> Encoder"},
     {"load_trainer", load_trainer, METH_VARARGS, "load_trainer(path) -> Trainer"},
     {"grid_crops", grid_crops, METH_VARARGS, "grid_crops(config_json, seed, count, buffers...)"},

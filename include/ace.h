@@ -56,6 +56,12 @@ int32_t ace_grid_crops(const char *config_json, uint64_t seed, int64_t count, in
                        uint8_t *o1, uint8_t *o2, float *t_comp, float *t_decomp,
                        const float *image, float *views1, float *views2);
 
+/* The composition/decomposition loss on given arrays: teacher (B, N, C), z (B, Nz, C),
+ * targets (B, N, Nz) -> mean loss and dz (B, Nz, C). */
+int32_t ace_local_match_loss(const float *teacher, const float *z, const float *targets,
+                             int64_t batch, int64_t n, int64_t nz, int64_t c, float alpha,
+                             float scale, double *loss, float *dz);
+
 #ifdef __cplusplus
 }
 #endif

@@ -127,3 +127,29 @@ public func ace_grid_crops(_ json: UnsafePointer<CChar>?, _ seed: UInt64, _ coun
         }
     }
 }
+
+/// The composition/decomposition loss on given arrays (for tests against other
+/// implementations): teacher (B, N, C), z (B, Nz, C), targets (B, N, Nz); writes the mean
+/// loss and dz (B, Nz, C) = d loss / dz.
+@_cdecl("ace_local_match_loss")
+public func ace_local_match_loss(_ teacher: UnsafePointer<Float>?, _ z: UnsafePointer<Float>?,
+                                 _ targets: UnsafePointer<Float>?, _ b: Int64, _ n: Int64, _ nz: Int64, _ c: Int64,
+                                 _ alpha: Float, _ scale: Float,
+                                 _ loss: UnsafeMutablePointer<Double>?, _ dz: UnsafeMutablePointer<Float>?) -> Int32 {
+    guarded {
+        guard let teacher, let z, let targets, let loss, let dz else { throw ACEError("null buffer") }
+        guard b > 0, n > 0, nz > 0, c > 0 else { throw ACEError("empty local loss input") }
+        let (b, n, nz, c) = (Int(b), Int(n), Int(nz), Int(c))
+        // The loss reads encoder outputs, class token first: give it a zero class token.
+        let withClass = Tensor([b, 1 + n, c])
+        for i in 0..<b { (withClass.data + (i * (1 + n) + 1) * c).update(from: teacher + i * n * c, count: n * c) }
+        let zt = Tensor([b, nz, c])
+        zt.data.update(from: z, count: b * nz * c)
+        let t = (0..<b).map { Array(UnsafeBufferPointer(start: targets + $0 * n * nz, count: n * nz)) }
+        let grad = Tensor([0])
+        let r = LocalMatchLoss(alpha: alpha, scale: scale)(teacher: withClass.data, tokens: n, z: zt, targets: t,
+                                                            weight: 1, dz: grad)
+        loss.pointee = r.loss
+        dz.update(from: grad.data, count: b * nz * c)
+    }
+}

@@ -25,7 +25,7 @@ class Trainer:
         if not isinstance(config, PretrainConfig):
             raise ACEError("config must be an ace.PretrainConfig")
         self._native = _native.Trainer(config.to_json(), int(seed))
-        self._init_common()
+        self._init_common(PretrainConfig.from_json(config.to_json()))
 
     @classmethod
     def load(cls, path):
@@ -35,11 +35,12 @@ class Trainer:
             raise ACEError(f"no checkpoint file at {path}")
         t = cls.__new__(cls)
         t._native = _native.load_trainer(path)
-        t._init_common()
+        # The core stores single-precision values: the loaded config shows them as such.
+        t._init_common(PretrainConfig.from_json(t._native.config_json()))
         return t
 
-    def _init_common(self):
-        self.config = PretrainConfig.from_json(self._native.config_json())
+    def _init_common(self, config):
+        self.config = config
         mean, std = self.config.mean, self.config.std
         self.student = Encoder._wrap(self._native.encoder(0), mean, std)
         self.teacher = Encoder._wrap(self._native.encoder(1), mean, std)
