@@ -412,7 +412,8 @@ static PyObject *gemm(PyObject *mod, PyObject *args) {
     return (PyObject *)c;
 }
 
-/* local_match_loss(teacher (B,N,C), z (B,Nz,C), targets (B,N,Nz), alpha, scale) -> (loss, dz). */
+/* local_match_loss(teacher (B,N,C), z (B,Nz,C), targets (B,N,Nz), alpha, scale)
+ * -> (loss, accuracy, dz). */
 static PyObject *local_match_loss(PyObject *mod, PyObject *args) {
     PyObject *to, *zo, *go;
     float alpha, scale;
@@ -428,13 +429,13 @@ static PyObject *local_match_loss(PyObject *mod, PyObject *args) {
     }
     dz = (PyArrayObject *)PyArray_SimpleNew(3, PyArray_DIMS(z), NPY_FLOAT32);
     if (!dz) goto done;
-    double loss = 0;
+    double loss = 0, accuracy = 0;
     if (ace_local_match_loss(PyArray_DATA(t), PyArray_DATA(z), PyArray_DATA(g), b, n, nz, c, alpha, scale,
-                             &loss, PyArray_DATA(dz))) {
+                             &loss, &accuracy, PyArray_DATA(dz))) {
         raise_core_error();
         goto done;
     }
-    result = Py_BuildValue("(dO)", loss, dz);
+    result = Py_BuildValue("(ddO)", loss, accuracy, dz);
 done:
     Py_XDECREF(t);
     Py_XDECREF(z);
@@ -444,7 +445,7 @@ done:
 }
 
 static PyMethodDef module_methods[] = {
-    {"local_match_loss", local_match_loss, METH_VARARGS, "local_match_loss(teacher, z, targets, alpha, scale) -> (loss, dz)"},
+    {"local_match_loss", local_match_loss, METH_VARARGS, "local_match_loss(teacher, z, targets, alpha, scale) -> (loss, accuracy, dz)"},
     {"load_encoder", load_encoder, METH_VARARGS, "load_encoder(path) -> Encoder"},
     {"load_trainer", load_trainer, METH_VARARGS, "load_trainer(path) -> Trainer"},
     {"grid_crops", grid_crops, METH_VARARGS, "grid_crops(config_json, seed, count, buffers...)"},

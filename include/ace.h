@@ -57,10 +57,11 @@ int32_t ace_grid_crops(const char *config_json, uint64_t seed, int64_t count, in
                        const float *image, float *views1, float *views2);
 
 /* The composition/decomposition loss on given arrays: teacher (B, N, C), z (B, Nz, C),
- * targets (B, N, Nz) -> mean loss and dz (B, Nz, C). */
+ * targets (B, N, Nz) -> mean loss, matching accuracy (rows with a target whose best
+ * column is the target's peak) and dz (B, Nz, C). */
 int32_t ace_local_match_loss(const float *teacher, const float *z, const float *targets,
                              int64_t batch, int64_t n, int64_t nz, int64_t c, float alpha,
-                             float scale, double *loss, float *dz);
+                             float scale, double *loss, double *accuracy, float *dz);
 
 #ifdef __cplusplus
 }

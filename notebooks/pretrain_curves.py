@@ -23,6 +23,8 @@ ap.add_argument("--steps", type=int, default=300)
 ap.add_argument("--batch", type=int, default=8)
 ap.add_argument("--objective", default="ace")
 ap.add_argument("--lr", type=float, default=5e-3, help="per 256 images (DESIGN's 5e-4 is for long runs)")
+ap.add_argument("--momentum", type=float, default=0.996, help="teacher EMA momentum at the start")
+ap.add_argument("--losses", default="global,comp,decomp")
 ap.add_argument("--out", default="runs/curves")
 args = ap.parse_args()
 
@@ -30,7 +32,8 @@ args = ap.parse_args()
 files = sorted(Path(args.data).glob("*.png"))
 images = np.stack([np.asarray(Image.open(f).convert("L")) for f in files])
 config = ace.PretrainConfig(encoder="vit_nano", batch_size=args.batch, epochs=1, steps_per_epoch=args.steps,
-                            objective=args.objective, head_hidden=512, head_prototypes=1024, lr=args.lr)
+                            objective=args.objective, head_hidden=512, head_prototypes=1024, lr=args.lr,
+                            momentum_teacher=args.momentum, losses=args.losses.split(","))
 trainer = ace.Trainer(config, seed=0)
 rng = np.random.default_rng(0)
 history = []

@@ -51,10 +51,11 @@ public final class LocalMatchLoss {
                 targets[bi].withUnsafeBufferPointer { t in
                     for i in 0..<n {
                         let row = g + i * nz, tr = t.baseAddress! + i * nz
-                        var best = 0, bestTarget = 0, rowHasTarget = false
+                        // The row is overwritten by its gradient below: keep the best score aside.
+                        var best = 0, bestTarget = 0, bestScore = -Float.infinity, rowHasTarget = false
                         var rowLoss: Float = 0
                         for j in 0..<nz {
-                            if row[j] > row[best] { best = j }
+                            if row[j] > bestScore { best = j; bestScore = row[j] }
                             if tr[j] > tr[bestTarget] { bestTarget = j }
                             if tr[j] > 0 { rowHasTarget = true }
                             let u = s * row[j], target = tr[j]

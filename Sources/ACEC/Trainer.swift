@@ -130,14 +130,15 @@ public func ace_grid_crops(_ json: UnsafePointer<CChar>?, _ seed: UInt64, _ coun
 
 /// The composition/decomposition loss on given arrays (for tests against other
 /// implementations): teacher (B, N, C), z (B, Nz, C), targets (B, N, Nz); writes the mean
-/// loss and dz (B, Nz, C) = d loss / dz.
+/// loss, the matching accuracy and dz (B, Nz, C) = d loss / dz.
 @_cdecl("ace_local_match_loss")
 public func ace_local_match_loss(_ teacher: UnsafePointer<Float>?, _ z: UnsafePointer<Float>?,
                                  _ targets: UnsafePointer<Float>?, _ b: Int64, _ n: Int64, _ nz: Int64, _ c: Int64,
                                  _ alpha: Float, _ scale: Float,
-                                 _ loss: UnsafeMutablePointer<Double>?, _ dz: UnsafeMutablePointer<Float>?) -> Int32 {
+                                 _ loss: UnsafeMutablePointer<Double>?, _ accuracy: UnsafeMutablePointer<Double>?,
+                                 _ dz: UnsafeMutablePointer<Float>?) -> Int32 {
     guarded {
-        guard let teacher, let z, let targets, let loss, let dz else { throw ACEError("null buffer") }
+        guard let teacher, let z, let targets, let loss, let accuracy, let dz else { throw ACEError("null buffer") }
         guard b > 0, n > 0, nz > 0, c > 0 else { throw ACEError("empty local loss input") }
         let (b, n, nz, c) = (Int(b), Int(n), Int(nz), Int(c))
         // The loss reads encoder outputs, class token first: give it a zero class token.
@@ -150,6 +151,7 @@ public func ace_local_match_loss(_ teacher: UnsafePointer<Float>?, _ z: UnsafePo
         let r = LocalMatchLoss(alpha: alpha, scale: scale)(teacher: withClass.data, tokens: n, z: zt, targets: t,
                                                             weight: 1, dz: grad)
         loss.pointee = r.loss
+        accuracy.pointee = r.accuracy
         dz.update(from: grad.data, count: b * nz * c)
     }
 }

@@ -133,11 +133,13 @@ def numpy_local_loss(teacher, z, targets, alpha, scale):
     w = alpha * targets + (1 - alpha) * (1 - targets)
     bce = -(targets * np.log(m) + (1 - targets) * np.log(1 - m))
     loss = (w * bce).mean(axis=(1, 2)).mean()
+    rows = targets.max(-1) > 0
+    accuracy = (u.argmax(-1) == targets.argmax(-1))[rows].mean()
     b, n, nz = targets.shape
     g = w * (m - targets) * scale / (b * n * nz)
     dzh = np.einsum("bnm,bnc->bmc", g, t)
     dz = (dzh - (dzh * zh).sum(-1, keepdims=True) * zh) / zn
-    return loss, dz
+    return loss, accuracy, dz
 
 
 @pytest.mark.parametrize("kind,alpha", [("t_comp", 0.9), ("t_decomp", 0.99)])
@@ -147,10 +149,31 @@ def test_local_loss_matches_numpy(crops, kind, alpha):
     b, n, nz = targets.shape
     teacher = rng.standard_normal((b, n, 8)).astype(np.float32)
     z = rng.standard_normal((b, nz, 8)).astype(np.float32)
-    loss, dz = _native.local_match_loss(teacher, z, targets, alpha, 1 / 0.07)
-    ref_loss, ref_dz = numpy_local_loss(teacher.astype(np.float64), z.astype(np.float64), targets, alpha, 1 / 0.07)
+    loss, accuracy, dz = _native.local_match_loss(teacher, z, targets, alpha, 1 / 0.07)
+    ref_loss, ref_accuracy, ref_dz = numpy_local_loss(teacher.astype(np.float64), z.astype(np.float64), targets, alpha, 1 / 0.07)
     assert loss == pytest.approx(ref_loss, rel=1e-4)
+    assert accuracy == pytest.approx(ref_accuracy)
     np.testing.assert_allclose(dz, ref_dz, rtol=1e-3, atol=1e-3 * np.abs(ref_dz).max())
+
+
+def test_local_loss_accuracy_is_one_for_the_exact_composition():
+    """Teacher tokens = the C2 view's token means of a feature image, student composed
+    tokens = the means of the matching C1 blocks: every overlap row finds its peak."""
+    rng = np.random.default_rng(1)
+    feats = rng.standard_normal((G.image_size // CELL, G.image_size // CELL, 8)).astype(np.float32)
+    image_feats = np.repeat(np.repeat(feats, CELL, 0), CELL, 1)
+    crops = ace.grid_crops(CFG, seed=2, n=3)
+    teacher, z = [], []
+    for c in crops:
+        X0, Y0, X1, Y1 = c["c2_box"]
+        x0, y0, x1, y1 = c["c1_box"]
+        c2 = image_feats[Y0:Y1, X0:X1].reshape(N, 2 * CELL, N, 2 * CELL, 8).mean((1, 3))
+        c1 = image_feats[y0:y1, x0:x1].reshape(N // 2, 2 * CELL, N // 2, 2 * CELL, 8).mean((1, 3))
+        teacher.append(c2.reshape(-1, 8))
+        z.append(c1.reshape(-1, 8))
+    targets = np.stack([c["t_comp"] for c in crops])
+    _, accuracy, _ = _native.local_match_loss(np.stack(teacher), np.stack(z), targets, 0.9, 1 / 0.07)
+    assert accuracy == 1.0
 
 
 def test_invalid_geometry_is_rejected():

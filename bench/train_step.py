@@ -1,0 +1,73 @@
+"""Speed of the full ACE training step against the machine's own sgemm rate.
+
+    python bench/train_step.py [--preset vit_tiny] [--batch 16] [--objective ace] [--threads 2]
+
+Prints images/s of `Trainer.step` at the default geometry (512 px images, 224 px views),
+the sgemm GFLOP/s measured in the same run, the fraction of that rate the step reaches
+(analytic FLOPs: student forward + backward on both views, teacher forward on both views,
+local heads, DINO heads), and the peak resident memory.
+"""
+import argparse
+import os
+import resource
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import ace  # noqa: E402
+from common import set_threads, sgemm_gflops, timed, vit_forward_flops  # noqa: E402
+
+
+def step_flops(cfg, enc_cfg, batch):
+    """Multiply-adds x 2 of one step; a backward pass costs twice its forward."""
+    views = 2 * batch
+    encoder = vit_forward_flops(enc_cfg)
+    c = enc_cfg["embed_dim"]
+    hidden = cfg.local_hidden or 4 * c
+    n = cfg.grid.fine_cells ** 2
+    total = 3 * encoder * views + encoder * views           # student fwd+bwd, teacher fwd
+    if "comp" in cfg.losses:
+        total += 3 * batch * (n // 4) * 2 * (4 * c * hidden + hidden * c)
+        total += 3 * batch * n * (n // 4) * c * 2            # cosine matrix, fwd + dz
+    if "decomp" in cfg.losses:
+        total += 3 * batch * n * 2 * (c * hidden + hidden * 4 * c)
+        total += 3 * batch * n * (4 * n) * c * 2
+    if "global" in cfg.losses or cfg.objective == "dino":
+        h, b, k = cfg.head_hidden, cfg.head_bottleneck, cfg.head_prototypes
+        head = 2 * (c * h + h * h + h * b + b * k)
+        total += (3 + 1) * views * head
+    return total
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="vit_tiny")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--objective", default="ace")
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    args = ap.parse_args()
+    set_threads(args.threads)
+
+    cfg = ace.PretrainConfig(encoder=args.preset, batch_size=args.batch, objective=args.objective)
+    trainer = ace.Trainer(cfg)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (args.batch, cfg.grid.image_size, cfg.grid.image_size), dtype=np.uint8)
+
+    gemm_rate = sgemm_gflops()
+    t_step = timed(lambda: trainer.step(images), warmup_s=3, min_runs=3, min_s=10)
+    gemm_rate = max(gemm_rate, sgemm_gflops())
+    flops = step_flops(cfg, trainer.student.config, args.batch)
+    achieved = flops / t_step / 1e9
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    print(f"{args.objective} step, {args.preset}, batch {args.batch} ({2 * args.batch} views of "
+          f"{cfg.grid.input_size} px), {args.threads} threads")
+    print(f"step:             {t_step:8.2f} s   {args.batch / t_step:6.2f} images/s   {achieved:6.1f} GFLOP/s")
+    print(f"sgemm (same run): {gemm_rate:8.1f} GFLOP/s")
+    print(f"fraction of sgemm rate: {achieved / gemm_rate:.2f}")
+    print(f"peak resident memory: {peak_mib:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
