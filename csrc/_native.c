@@ -268,6 +268,11 @@ static PyObject *Trainer_step(TrainerObject *self, PyObject *args) {
     return out;
 }
 
+static PyObject *Trainer_steps(TrainerObject *self, PyObject *unused) {
+    if (!check_trainer(self)) return NULL;
+    return PyLong_FromLongLong(ace_trainer_steps(self->handle));
+}
+
 static PyObject *Trainer_encoder(TrainerObject *self, PyObject *args) {
     int which;
     if (!check_trainer(self) || !PyArg_ParseTuple(args, "i", &which)) return NULL;
@@ -280,6 +285,7 @@ static PyMethodDef Trainer_methods[] = {
     {"config_json", (PyCFunction)Trainer_config_json, METH_NOARGS, "The run's config as JSON."},
     {"save", (PyCFunction)Trainer_save, METH_VARARGS, "save(path): the whole run, atomically."},
     {"step", (PyCFunction)Trainer_step, METH_VARARGS, "step(images float32 (B, H, W)) -> stats tuple."},
+    {"steps", (PyCFunction)Trainer_steps, METH_NOARGS, "Steps taken so far."},
     {"encoder", (PyCFunction)Trainer_encoder, METH_VARARGS, "encoder(0 student | 1 teacher) -> Encoder sharing weights."},
     {NULL}};
 

@@ -46,6 +46,7 @@ const char *ace_trainer_config(void *trainer);
 int32_t ace_trainer_save(void *trainer, const char *path);
 int32_t ace_trainer_step(void *trainer, const float *images, int64_t batch, int64_t height,
                          int64_t width, double *stats /* ACE_TRAINER_STATS */);
+int64_t ace_trainer_steps(void *trainer); /* steps taken so far */
 /* which: 0 student, 1 teacher; the encoder shares the trainer's weights. */
 int32_t ace_trainer_encoder(void *trainer, int32_t which, void **out);
 

@@ -155,3 +155,10 @@ public func ace_local_match_loss(_ teacher: UnsafePointer<Float>?, _ z: UnsafePo
         dz.update(from: grad.data, count: b * nz * c)
     }
 }
+
+/// Steps the run has taken (the schedules' position).
+@_cdecl("ace_trainer_steps")
+public func ace_trainer_steps(_ h: UnsafeMutableRawPointer?) -> Int64 {
+    guard let t = try? trainerHandle(h) else { return -1 }
+    return t.lock.locked { Int64(t.trainer.step) }
+}

@@ -45,6 +45,11 @@ class Trainer:
         self.student = Encoder._wrap(self._native.encoder(0), mean, std)
         self.teacher = Encoder._wrap(self._native.encoder(1), mean, std)
 
+    @property
+    def steps_done(self):
+        """Optimizer steps taken so far (restored by `load`)."""
+        return self._native.steps()
+
     def save(self, path):
         """Write the whole run to one safetensors file, atomically."""
         self._native.save(os.fspath(path))

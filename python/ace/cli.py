@@ -1,0 +1,217 @@
+"""The `ace` command: `ace pretrain`, `ace embed` (and `python -m ace ...`)."""
+import argparse
+import json
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+OBJECTIVES = {
+    "ace": ("ace", ["global", "comp", "decomp"]),
+    "dino": ("dino", ["global"]),
+    "comp": ("ace", ["comp"]),
+    "comp+decomp": ("ace", ["comp", "decomp"]),
+    "comp+decomp+global": ("ace", ["global", "comp", "decomp"]),
+}
+PHANTOM_IMAGES = 64
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return 2
+    from .errors import ACEError
+    try:
+        return args.run(args)
+    except (ACEError, FileNotFoundError, ValueError) as e:
+        print(f"ace {args.command}: error: {e}", file=sys.stderr)
+        return 1
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="ace", description="ACE self-supervised pretraining for radiographs (Swift core).")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("pretrain", help="pretrain an encoder on a folder of images (or the phantom)",
+                       description="Pretrain an encoder with ACE (or a baseline). Writes OUT/config.json, "
+                                   "OUT/metrics.jsonl (one row per step), OUT/last.safetensors (the whole run, "
+                                   "atomically, every --checkpoint-every steps, at the end and on Ctrl-C) and "
+                                   "OUT/loss.png.")
+    p.add_argument("--data", help="folder (recursive), image file or .txt list of PNG/JPEG/TIFF/DICOM; "
+                                  f"omitted: {PHANTOM_IMAGES} procedural chest phantoms")
+    p.add_argument("--preset", default="vit_tiny", help="encoder: vit_nano, vit_tiny, vit_small, vit_base (default vit_tiny)")
+    p.add_argument("--objective", default="ace", choices=sorted(OBJECTIVES),
+                   help="ace (all three losses), dino (baseline: global loss on random-resized crops), or an ablation")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--epochs", type=int, help="passes over the data (default 50)")
+    length.add_argument("--steps", type=int, help="optimizer steps (instead of --epochs)")
+    p.add_argument("--batch-size", type=int, default=16, help="images per step (default 16)")
+    p.add_argument("--lr", type=float, help="learning rate per 256 images (default 5e-4; scaled by batch/256)")
+    p.add_argument("--image-size", type=int, help="images are resized to this square before grid cropping (default 512)")
+    p.add_argument("--out", help="output folder (default runs/ace, or the resumed checkpoint's folder)")
+    p.add_argument("--resume", help="continue the run saved in this checkpoint (e.g. OUT/last.safetensors)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights, crops, augmentation and data order")
+    p.add_argument("--threads", type=int, help="threads for the core (default: all cores)")
+    p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (default 100)")
+    p.add_argument("--config", help="JSON file with PretrainConfig fields (command-line options override it)")
+    p.set_defaults(run=pretrain)
+
+    e = sub.add_parser("embed", help="embed images with a checkpoint's (teacher) encoder",
+                       description="Write CLS (and optionally patch-token) embeddings of every readable image "
+                                   "to an .npz file with arrays cls (N, C), tokens (N, h, w, C) and paths (N,).")
+    e.add_argument("--checkpoint", required=True, help="encoder or training-run checkpoint (.safetensors)")
+    e.add_argument("--data", required=True, help="folder, image file or .txt list of images")
+    e.add_argument("--out", required=True, help="output .npz file")
+    e.add_argument("--tokens", action="store_true", help="also store the patch tokens")
+    e.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    e.add_argument("--threads", type=int, help="threads for the core (default: all cores)")
+    e.set_defaults(run=embed)
+    return parser
+
+
+# ----------------------------------------------------------------------------- pretrain
+
+def build_config(args, steps_per_epoch):
+    from .config import PretrainConfig
+    cfg = PretrainConfig.from_json(Path(args.config).read_text()) if args.config else PretrainConfig()
+    cfg.encoder = args.preset
+    cfg.objective, cfg.losses = OBJECTIVES[args.objective]
+    cfg.batch_size = args.batch_size
+    if args.lr is not None:
+        cfg.lr = args.lr
+    if args.image_size is not None:
+        cfg.grid.image_size = args.image_size
+    cfg.steps_per_epoch = steps_per_epoch
+    if args.steps is not None:
+        # The schedules span whole epochs; the run stops after exactly --steps steps.
+        cfg.epochs = max(1, math.ceil(args.steps / steps_per_epoch))
+    elif args.epochs is not None:
+        cfg.epochs = args.epochs
+    return cfg
+
+
+def open_stream(args, image_size, batch_size):
+    from .data import ImageStream, phantom
+    if args.data:
+        source = args.data
+    else:
+        source, _ = phantom.batch(range(PHANTOM_IMAGES), size=image_size)
+    return ImageStream(source, batch_size, image_size, seed=args.seed)
+
+
+def pretrain(args):
+    import ace
+    from .plots import loss_curves
+    from .trainer import Trainer
+
+    if args.threads:
+        ace.set_num_threads(args.threads)
+    out = Path(args.out or (Path(args.resume).parent if args.resume else "runs/ace"))
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = out / "last.safetensors"
+    if args.resume:
+        trainer = Trainer.load(args.resume)
+        cfg = trainer.config
+        run_file = Path(args.resume).parent / "run.json"
+        if not run_file.exists():
+            raise FileNotFoundError(f"{run_file} (written by the run being resumed) is missing")
+        run = json.loads(run_file.read_text())
+        args.seed, args.data = run["seed"], args.data or run["data"]
+        total = run["steps"]
+        stream = open_stream(args, cfg.grid.image_size, cfg.batch_size)
+    else:
+        image_size = args.image_size or 512
+        stream = open_stream(args, image_size, args.batch_size)
+        cfg = build_config(args, len(stream))
+        trainer = Trainer(cfg, seed=args.seed)
+        total = args.steps if args.steps is not None else cfg.total_steps
+        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        (out / "run.json").write_text(json.dumps({"seed": args.seed, "data": args.data, "steps": total}) + "\n")
+        (out / "metrics.jsonl").write_text("")
+    start = trainer.steps_done
+    history = read_metrics(out, upto=start)
+
+    interrupted = []
+    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
+    try:
+        train_loop(trainer, stream, history, out, ckpt, start, total, args.checkpoint_every, interrupted)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        stream.close()
+    trainer.save(ckpt)
+    loss_curves(history, out / "loss.png")
+    done = history[-1]["step"] if history else start
+    if interrupted:
+        print(f"interrupted at step {done}: saved {ckpt}; continue with --resume {ckpt}")
+        return 130
+    print(f"finished {done} steps: {ckpt}, {out / 'metrics.jsonl'}, {out / 'loss.png'}")
+    return 0
+
+
+def read_metrics(out, upto=None):
+    path = Path(out) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if upto is None or r["step"] <= upto]
+
+
+def train_loop(trainer, stream, history, out, ckpt, start, total, every, interrupted):
+    from tqdm import tqdm
+
+    metrics = out / "metrics.jsonl"
+    # Rows written after the checkpoint being resumed belong to steps that will be redone.
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in history))
+    batches = iter(stream)
+    for _ in range(start):          # the data order continues where the run stopped
+        next(batches)
+    bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, disable=None)
+    with metrics.open("a") as log:
+        for step in range(start, total):
+            if interrupted:
+                break
+            batch = next(batches)
+            t0 = time.perf_counter()
+            stats = trainer.step(batch)
+            stats["images_per_s"] = len(batch) / (time.perf_counter() - t0)
+            history.append(stats)
+            log.write(json.dumps(stats) + "\n")
+            log.flush()
+            bar.update(1)
+            bar.set_postfix(loss=f"{stats['loss']:.4f}", glob=f"{stats['global']:.3f}",
+                            comp=f"{stats['comp']:.4f}", decomp=f"{stats['decomp']:.4f}",
+                            img_s=f"{stats['images_per_s']:.1f}")
+            if every and stats["step"] % every == 0 and stats["step"] < total:
+                trainer.save(ckpt)
+    bar.close()
+
+
+# ----------------------------------------------------------------------------- embed
+
+def embed(args):
+    import ace
+    from .data import load_images
+    from .encoder import Encoder
+
+    if args.threads:
+        ace.set_num_threads(args.threads)
+    enc = Encoder.load(args.checkpoint)
+    images, paths = load_images(args.data, size=enc.config["img_size"])
+    cls, tokens = enc.embed(images, batch_size=args.batch_size)
+    arrays = {"cls": cls, "paths": np.array([str(p) for p in paths])}
+    if args.tokens:
+        arrays["tokens"] = tokens
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, out)
+    print(f"embedded {len(paths)} images -> {out} (cls {cls.shape}" + (f", tokens {tokens.shape})" if args.tokens else ")"))
+    return 0
