@@ -8,9 +8,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import pytest
-import tifffile
 from PIL import Image
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -106,12 +104,14 @@ def test_16bit_png_is_min_max_normalised(tmp_path):
 
 
 def test_16bit_tiff_is_min_max_normalised(tmp_path):
+    tifffile = pytest.importorskip("tifffile")  # an independent TIFF writer
     values = ramp(300, 60000)
     tifffile.imwrite(tmp_path / "ramp16.tif", values.astype(np.uint16))
     np.testing.assert_allclose(read_image(tmp_path / "ramp16.tif"), (values - 300) / 59700, atol=1e-6)
 
 
 def test_float_tiff(tmp_path):
+    tifffile = pytest.importorskip("tifffile")
     inside = ramp(0, 1000).astype(np.float32) / 1000 * 0.6 + 0.2  # already in [0, 1]: kept
     tifffile.imwrite(tmp_path / "unit.tif", inside)
     np.testing.assert_allclose(read_image(tmp_path / "unit.tif"), inside, atol=1e-6)

@@ -283,10 +283,8 @@ def load_images(
         detail = "\n".join(skipped) if skipped else "  no image files found"
         raise ImageReadError(f"no readable image in {source}:\n{detail}")
     if skipped and warn:
-        warnings.warn(
-            ImageSkipWarning(f"skipped {len(skipped)} unreadable file(s) in {source}:\n" + "\n".join(skipped)),
-            stacklevel=2,
-        )
+        message = f"skipped {len(skipped)} unreadable file(s) in {source}:\n" + "\n".join(skipped)
+        warnings.warn(ImageSkipWarning(message), stacklevel=2)
     if size is not None:
         return np.stack(images), paths
     return images, paths
