@@ -1,0 +1,149 @@
+"""Figures of the probes in `ace.probes`: each function writes one PNG and returns its path.
+
+matplotlib runs on the Agg backend, so figures can be written without a display.
+"""
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import numpy as np  # noqa: E402
+from scipy.stats import gaussian_kde  # noqa: E402
+
+__all__ = ["compositionality_kde", "tsne_plot", "landmark_predictions", "error_boxplot", "loss_curves"]
+
+
+def _save(fig, path):
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def compositionality_kde(results_by_name, path):
+    """Density (Gaussian KDE) of the compositionality cosines of each method (Fig. 3).
+
+    results_by_name: {method name: cosines array}. A method whose cosines are all equal
+    has no density; it is drawn as a vertical line at that value.
+    """
+    fig, ax = plt.subplots(figsize=(6, 4))
+    values = [np.asarray(v, np.float64) for v in results_by_name.values()]
+    lo = max(-1.0, min(v.min() for v in values) - 0.05)
+    hi = min(1.0, max(v.max() for v in values) + 0.05)
+    grid = np.linspace(lo, hi, 400)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for n, (name, v) in enumerate(zip(results_by_name, values)):
+        label = f"{name} ({v.mean():.3f} ± {v.std():.3f})"
+        color = colors[n % len(colors)]
+        if np.ptp(v) > 0:
+            ax.plot(grid, gaussian_kde(v)(grid), label=label, color=color)
+        else:
+            ax.axvline(v[0], label=label, color=color)
+    ax.set_xlabel("cos(f(patch), mean f(parts))")
+    ax.set_ylabel("density")
+    ax.set_title("Compositionality")
+    ax.legend()
+    return _save(fig, path)
+
+
+def tsne_plot(tsne, ids, path, names=None):
+    """t-SNE of landmark embeddings coloured by landmark id (Fig. 6).
+
+    names: optional sequence indexed by id, used in the legend when there are at most
+    20 ids; with more ids the colour bar shows the id.
+    """
+    tsne, ids = np.asarray(tsne), np.asarray(ids)
+    unique = np.unique(ids)
+    fig, ax = plt.subplots(figsize=(6, 5))
+    if len(unique) <= 20:
+        # tab20 pairs light and dark shades of each hue: only worth it past ten ids.
+        cmap = plt.get_cmap("tab10" if len(unique) <= 10 else "tab20")
+        for n, i in enumerate(unique):
+            sel = ids == i
+            ax.scatter(tsne[sel, 0], tsne[sel, 1], s=12, color=cmap(n),
+                       label=names[i] if names is not None else str(i))
+        ax.legend(fontsize=7, markerscale=1.5, loc="center left", bbox_to_anchor=(1, 0.5))
+    else:
+        points = ax.scatter(tsne[:, 0], tsne[:, 1], c=ids, s=8, cmap="turbo")
+        fig.colorbar(points, ax=ax, label="landmark")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title("t-SNE of landmark embeddings")
+    return _save(fig, path)
+
+
+def landmark_predictions(image_q, image_k, true_k, pred_k, path, true_q=None):
+    """Query image (with its landmarks when `true_q` is given) beside the key image with
+    its true landmarks (green), the predicted ones (red) and a line from each true point
+    to its prediction (Fig. 7). Points are (L, 2) x, y; NaN rows are skipped."""
+    true_k, pred_k = np.asarray(true_k, np.float64), np.asarray(pred_k, np.float64)
+    fig, (ax_q, ax_k) = plt.subplots(1, 2, figsize=(10, 5))
+    ax_q.imshow(image_q, cmap="gray")
+    ax_q.set_title("query")
+    if true_q is not None:
+        ax_q.scatter(*np.asarray(true_q, np.float64).T, s=10, c="yellow")
+    ax_k.imshow(image_k, cmap="gray")
+    ok = ~(np.isnan(true_k).any(1) | np.isnan(pred_k).any(1))
+    for (xt, yt), (xp, yp) in zip(true_k[ok], pred_k[ok]):
+        ax_k.plot([xt, xp], [yt, yp], color="orange", linewidth=0.8)
+    ax_k.scatter(*true_k[ok].T, s=10, c="lime", label="true")
+    ax_k.scatter(*pred_k[ok].T, s=10, c="red", label="predicted")
+    ax_k.legend(loc="lower right", fontsize=8)
+    ax_k.set_title("key")
+    for ax in (ax_q, ax_k):
+        ax.axis("off")
+    return _save(fig, path)
+
+
+def error_boxplot(errors_by_name, path, by="method"):
+    """Landmark correspondence errors (Fig. 7).
+
+    errors_by_name: {method: (P, L) errors in pixels, NaN = missing}.
+    by="method": one box per method, all its errors pooled.
+    by="landmark": one panel per method, one box per landmark.
+    """
+    names = list(errors_by_name)
+    errors = [np.asarray(errors_by_name[n], np.float64) for n in names]
+    if by == "method":
+        fig, ax = plt.subplots(figsize=(1.5 + 1.2 * len(names), 4))
+        ax.boxplot([e[~np.isnan(e)] for e in errors], showfliers=False)
+        ax.set_xticks(range(1, len(names) + 1), names)
+        ax.set_ylabel("error (px)")
+        ax.set_title("Landmark correspondence error")
+    elif by == "landmark":
+        width = max(6, 0.12 * max(e.shape[1] for e in errors))
+        fig, axes = plt.subplots(len(names), 1, figsize=(width, 2.5 * len(names)), squeeze=False, sharey=True,
+                                 layout="constrained")
+        for ax, name, e in zip(axes[:, 0], names, errors):
+            ax.boxplot([col[~np.isnan(col)] for col in e.T], showfliers=False, widths=0.6)
+            step = max(1, e.shape[1] // 20)
+            ax.set_xticks(range(1, e.shape[1] + 1, step), range(0, e.shape[1], step))
+            ax.set_ylabel("error (px)")
+            ax.set_title(name)
+        axes[-1, 0].set_xlabel("landmark")
+    else:
+        raise ValueError(f"by must be 'method' or 'landmark', got {by!r}")
+    return _save(fig, path)
+
+
+def loss_curves(history, path, keys=("loss", "global", "comp", "decomp")):
+    """Loss terms over training steps, from a list of `Trainer.step` result dicts.
+
+    The x axis is each entry's "step" (its position when absent); keys missing from the
+    history or zero throughout (e.g. the local terms of a DINO-style run) are skipped.
+    """
+    steps = np.array([h.get("step", i) for i, h in enumerate(history)])
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key in keys:
+        values = np.array([h.get(key, np.nan) for h in history], np.float64)
+        if np.all(np.isnan(values) | (values == 0)):
+            continue
+        ax.plot(steps, values, label=key)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title("Pretraining losses")
+    if ax.lines:
+        ax.legend()
+    return _save(fig, path)

@@ -1,0 +1,552 @@
+"""Probes of what an encoder has learned: the measurements of DESIGN.md section 6.
+
+Every probe takes an encoder (anything with `config` and `embed(images)` like
+`ace.Encoder`) and NumPy inputs, and returns a dict of plain numbers and arrays.
+Accuracy-type probes put their headline under `accuracy`, with the number of
+decisions (`trials`) and the chance level (`chance`) beside it.
+
+Conventions shared by the probes:
+
+* Images are (N, H, W) arrays, uint8, uint16 or float in [0, 1]. Crops are cut from
+  the float image and handed to `enc.embed`, which resizes each one to the
+  encoder's input size.
+* f(x), the embedding of an image or a crop, is its CLS token by default
+  (`features="cls"`): the global embedding ACE trains. `features="mean"` uses the
+  mean of the patch tokens instead.
+* Coordinates are x, y pixels with pixel centres at integer positions, as in the
+  JSRT landmarks and the phantom. A window of side P centred on (x, y) starts at
+  pixel round(x - (P - 1) / 2); windows that reach past the border are zero-padded.
+* Token (i, j) of an (h, w) token map covers rows [i H/h, (i+1) H/h) and columns
+  [j W/w, (j+1) W/w) of the input image, so its centre is at
+  x = (j + 0.5) W/w - 0.5, y = (i + 0.5) H/h - 0.5.
+* Probes that sample are deterministic given `seed`.
+"""
+import math
+import warnings
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+from sklearn.linear_model import LogisticRegression
+from sklearn.manifold import TSNE
+from sklearn.metrics import accuracy_score, roc_auc_score, silhouette_score
+from sklearn.metrics.pairwise import cosine_similarity, paired_cosine_distances, pairwise_distances_argmin
+from sklearn.model_selection import LeaveOneGroupOut, cross_val_predict
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from .images import to_unit_float
+
+__all__ = ["compositionality", "decompositionality", "retrieval", "landmark_correspondence",
+           "landmark_embeddings", "symmetry", "linear_probe_classification", "segmentation", "dice"]
+
+# Crops are embedded in chunks of this many so that the token maps `embed` also returns
+# (chunk x h x w x C floats) stay small.
+_CHUNK = 256
+
+
+# ---------------------------------------------------------------- shared helpers
+def _as_images(images):
+    x = to_unit_float(images)
+    if x.ndim != 3:
+        raise ValueError(f"images must be grayscale (N, H, W), got shape {x.shape}")
+    return x
+
+
+def _as_landmarks(landmarks, images):
+    lm = np.asarray(landmarks, np.float64)
+    if lm.ndim != 3 or lm.shape[0] != len(images) or lm.shape[2] != 2:
+        raise ValueError(f"landmarks must be (N, L, 2) x, y with N = {len(images)} images, got shape {lm.shape}")
+    return lm
+
+
+def _global_features(enc, images, features):
+    """f(x) of each image: its CLS token or its mean patch token, float64 (B, C)."""
+    if features not in ("cls", "mean"):
+        raise ValueError(f"features must be 'cls' or 'mean', got {features!r}")
+    out = []
+    for start in range(0, len(images), _CHUNK):
+        cls, tokens = enc.embed(images[start:start + _CHUNK])
+        out.append(cls if features == "cls" else tokens.mean(axis=(1, 2)))
+    return np.concatenate(out).astype(np.float64)
+
+
+def _default_patch(shape):
+    """Side of the square patches of the global probes: a quarter of the shorter image side,
+    even so that a patch splits exactly into halves and quadrants (128 px on 512 px images)."""
+    return max(2, min(shape) // 8 * 2)
+
+
+def _check_patch(patch, shape):
+    patch = _default_patch(shape) if patch is None else int(patch)
+    if not 2 <= patch <= min(shape):
+        raise ValueError(f"patch must be between 2 and the shorter image side {min(shape)}, got {patch}")
+    return patch
+
+
+def _random_origins(rng, n, shape, patch):
+    """n top-left corners (y, x) of patch x patch squares inside images of `shape`."""
+    return np.stack([rng.integers(0, shape[0] - patch + 1, n), rng.integers(0, shape[1] - patch + 1, n)], 1)
+
+
+def _cut(images, origins, patch):
+    """Square crops: images[j, y:y+patch, x:x+patch] for (y, x) = origins[j]."""
+    return np.stack([im[y:y + patch, x:x + patch] for im, (y, x) in zip(images, origins)])
+
+
+def _windows(image, centres, patch):
+    """patch x patch windows of one image centred on `centres` (M, 2) x, y; zero-padded."""
+    h, w = image.shape
+    origins = np.rint(np.asarray(centres, np.float64) - (patch - 1) / 2).astype(int)
+    # Clipping keeps every slice inside the padded image even for points off the image.
+    xs = np.clip(origins[:, 0], -patch, w)
+    ys = np.clip(origins[:, 1], -patch, h)
+    padded = np.pad(image, patch)
+    return np.stack([padded[y + patch:y + 2 * patch, x + patch:x + 2 * patch] for x, y in zip(xs, ys)])
+
+
+def _check_batch(batch, n):
+    if batch < 2:
+        raise ValueError(f"batch must be at least 2, got {batch}")
+    if n < batch:
+        raise ValueError(f"batch={batch} needs at least {batch} distinct images, got {n}")
+
+
+def _nanmean(a, axis=None):
+    # A landmark missing on every image has no error: NaN, without a warning per call.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(a, axis=axis)
+
+
+def _nanmedian(a):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmedian(a)
+
+
+# ---------------------------------------------------------------- global embedding probes
+def _split(patches, parts):
+    """Halves (left, right) or quadrants (row-major) of square patches (B, P, P)."""
+    h = patches.shape[-1] // 2
+    if parts == 2:
+        return [patches[:, :, :h], patches[:, :, h:]]
+    if parts == 4:
+        return [patches[:, :h, :h], patches[:, :h, h:], patches[:, h:, :h], patches[:, h:, h:]]
+    raise ValueError(f"parts must be 2 (halves) or 4 (quadrants), got {parts}")
+
+
+def compositionality(enc, images, parts=4, n=200, patch=None, features="cls", seed=0):
+    """Fig. 3: is the embedding of a patch the mean of the embeddings of its parts?
+
+    Samples `n` random square patches of side `patch` (default a quarter of the shorter
+    image side, see `_default_patch`), each from a random image, splits each into its
+    left/right halves (`parts=2`) or quadrants (`parts=4`), and measures
+    cos(f(patch), mean_k f(part_k)). Every crop, whole or part, is resized by the encoder
+    to its input size; halves are therefore stretched to a square.
+
+    Returns {"mean", "std", "cosines": (n,), "n"}.
+    """
+    x = _as_images(images)
+    patch = _check_patch(patch, x.shape[1:])
+    if patch % 2:
+        raise ValueError(f"patch must be even to split into halves or quadrants, got {patch}")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(x), n)
+    patches = _cut(x[idx], _random_origins(rng, n, x.shape[1:], patch), patch)
+    whole = _global_features(enc, patches, features)
+    mean_parts = np.mean([_global_features(enc, p, features) for p in _split(patches, parts)], axis=0)
+    cosines = 1.0 - paired_cosine_distances(whole, mean_parts)
+    return {"mean": float(cosines.mean()), "std": float(cosines.std()), "cosines": cosines, "n": int(n)}
+
+
+def decompositionality(enc, images, batch=32, patch=None, trials=320, features="cls", seed=0):
+    """Fig. 4: does removing a patch from an image remove that patch's embedding?
+
+    In each round `batch` distinct images X_j are drawn and a random square patch C_j
+    (side `patch`, default as in `compositionality`) is chosen in each. C_j is excised by
+    setting its pixels to the mean intensity of X_j (a neutral fill that adds no edges
+    of its own beyond the patch outline), giving X_j'. With d_j = f(X_j) - f(X_j'), the
+    decision for j is correct when argmax_k cos(d_j, f(C_k)) == j. Rounds are repeated
+    until at least `trials` decisions are made.
+
+    Returns {"accuracy", "trials", "chance": 1 / batch}.
+    """
+    x = _as_images(images)
+    _check_batch(batch, len(x))
+    patch = _check_patch(patch, x.shape[1:])
+    rng = np.random.default_rng(seed)
+    full = _global_features(enc, x, features)
+    correct = []
+    for _ in range(math.ceil(trials / batch)):
+        idx = rng.choice(len(x), batch, replace=False)
+        origins = _random_origins(rng, batch, x.shape[1:], patch)
+        crops = _cut(x[idx], origins, patch)
+        excised = x[idx].copy()
+        for im, (y, x0) in zip(excised, origins):
+            im[y:y + patch, x0:x0 + patch] = im.mean()
+        d = full[idx] - _global_features(enc, excised, features)
+        sims = cosine_similarity(d, _global_features(enc, crops, features))
+        correct.append(sims.argmax(axis=1) == np.arange(batch))
+    correct = np.concatenate(correct)
+    return {"accuracy": float(correct.mean()), "trials": int(correct.size), "chance": 1.0 / batch}
+
+
+def retrieval(enc, images, batch=32, patch=None, trials=320, features="cls", seed=0):
+    """Fig. 5: does a patch's embedding find the image it was cut from?
+
+    In each round `batch` distinct images X_j are drawn and a random square patch C_j
+    (side `patch`, default as in `compositionality`) is cut from each; the decision for
+    j is correct when argmax_i cos(f(C_j), f(X_i)) == j over the images of the round.
+    Rounds are repeated until at least `trials` decisions are made.
+
+    Returns {"accuracy", "trials", "chance": 1 / batch}.
+    """
+    x = _as_images(images)
+    _check_batch(batch, len(x))
+    patch = _check_patch(patch, x.shape[1:])
+    rng = np.random.default_rng(seed)
+    full = _global_features(enc, x, features)
+    correct = []
+    for _ in range(math.ceil(trials / batch)):
+        idx = rng.choice(len(x), batch, replace=False)
+        crops = _cut(x[idx], _random_origins(rng, batch, x.shape[1:], patch), patch)
+        sims = cosine_similarity(_global_features(enc, crops, features), full[idx])
+        correct.append(sims.argmax(axis=1) == np.arange(batch))
+    correct = np.concatenate(correct)
+    return {"accuracy": float(correct.mean()), "trials": int(correct.size), "chance": 1.0 / batch}
+
+
+# ---------------------------------------------------------------- landmarks
+def _pair_list(n, pairs, rng):
+    """Ordered (query, key) image pairs: all of them, or `pairs` drawn without replacement."""
+    if n < 2:
+        raise ValueError(f"landmark correspondence needs at least 2 images, got {n}")
+    every = np.array([(q, k) for q in range(n) for k in range(n) if q != k])
+    if pairs is None:
+        return every
+    if pairs < 1:
+        raise ValueError(f"pairs must be at least 1, got {pairs}")
+    chosen = rng.choice(len(every), min(int(pairs), len(every)), replace=False)
+    return every[np.sort(chosen)]
+
+
+def _sample_tokens(tokens, rc):
+    """Bilinear samples of a token map (h, w, C) at token-grid positions rc (M, 2) row, col."""
+    c = tokens.shape[-1]
+    coords = np.empty((3, len(rc), c))
+    coords[0] = rc[:, :1]
+    coords[1] = rc[:, 1:]
+    coords[2] = np.arange(c)
+    return ndimage.map_coordinates(tokens, coords, order=1).astype(np.float64)
+
+
+def _dense_predictions(enc, images, landmarks, pair_idx, upsample):
+    """Predicted key-image landmarks (P, L, 2) by nearest token features.
+
+    The query feature of a landmark is the query's token map sampled bilinearly at the
+    landmark. It is matched by L2 against the key's token map sampled bilinearly on a grid
+    `upsample` times finer than the tokens, whose points include every token centre; the
+    prediction is the best grid point, so it is quantized to patch_size / upsample pixels
+    of the encoder input.
+    """
+    _, height, width = images.shape
+    _, tokens = enc.embed(images)
+    gh, gw = tokens.shape[1:3]
+    sy, sx = height / gh, width / gw
+    # Landmark positions in token-grid coordinates (row, col), token centres at integers.
+    rc = np.stack([(landmarks[..., 1] + 0.5) / sy - 0.5, (landmarks[..., 0] + 0.5) / sx - 0.5], -1)
+    rc = np.clip(rc, 0, [gh - 1, gw - 1])
+    rows = np.arange((gh - 1) * upsample + 1) / upsample
+    cols = np.arange((gw - 1) * upsample + 1) / upsample
+    grid = np.stack(np.meshgrid(rows, cols, indexing="ij"), -1).reshape(-1, 2)
+    grid_xy = np.stack([(grid[:, 1] + 0.5) * sx - 0.5, (grid[:, 0] + 0.5) * sy - 0.5], -1)
+    present = ~np.isnan(landmarks).any(-1)
+    query_feats = {q: _sample_tokens(tokens[q], rc[q, present[q]])
+                   for q in np.unique(pair_idx[:, 0]) if present[q].any()}
+    pred = np.full(pair_idx.shape[:1] + landmarks.shape[1:], np.nan)
+    for k in np.unique(pair_idx[:, 1]):
+        key_feats = _sample_tokens(tokens[k], grid)
+        for p in np.flatnonzero(pair_idx[:, 1] == k):
+            q = pair_idx[p, 0]
+            if q in query_feats:
+                pred[p, present[q]] = grid_xy[pairwise_distances_argmin(query_feats[q], key_feats)]
+    return pred
+
+
+def _window_predictions(enc, images, landmarks, pair_idx, patch, stride, features):
+    """Predicted key-image landmarks (P, L, 2) by nearest window embeddings.
+
+    The query is the embedding of the patch x patch window centred on the landmark; the
+    key's windows start every `stride` pixels from -patch // 2 in x and y (so their
+    centres cover the image), each is embedded, and the prediction is the centre of the
+    window nearest by L2. Each key image's windows are embedded once for all its queries.
+    """
+    _, height, width = images.shape
+    present = ~np.isnan(landmarks).any(-1)
+    queries = np.unique(pair_idx[:, 0])
+    query_feats = {q: _global_features(enc, _windows(images[q], landmarks[q, present[q]], patch), features)
+                   for q in queries if present[q].any()}
+    ys = np.arange(0, height, stride) - patch // 2 + (patch - 1) / 2
+    xs = np.arange(0, width, stride) - patch // 2 + (patch - 1) / 2
+    centres = np.stack(np.meshgrid(xs, ys), -1).reshape(-1, 2)
+    pred = np.full(pair_idx.shape[:1] + landmarks.shape[1:], np.nan)
+    for k in np.unique(pair_idx[:, 1]):
+        key_feats = _global_features(enc, _windows(images[k], centres, patch), features)
+        for p in np.flatnonzero(pair_idx[:, 1] == k):
+            q = pair_idx[p, 0]
+            if q in query_feats:
+                pred[p, present[q]] = centres[pairwise_distances_argmin(query_feats[q], key_feats)]
+    return pred
+
+
+def landmark_correspondence(enc, images, landmarks, method="dense", patch=64, stride=8, pairs=None,
+                            upsample=4, features="cls", seed=0):
+    """Fig. 7: zero-shot landmark correspondence between images.
+
+    For an ordered pair (query q, key k) each landmark of q is located in k by nearest
+    features, and the error is the distance from the prediction to k's true landmark,
+    in pixels of the input images.
+
+    method="dense": patch-token features, bilinearly sampled (see `_dense_predictions`;
+        `upsample` sets the sub-token search grid). One forward pass per image.
+    method="window": the global embedding (`features`) of a patch x patch window centred
+        on the landmark against windows of k every `stride` pixels (see
+        `_window_predictions`). One forward pass per window: slow on large images.
+
+    landmarks: (N, L, 2) x, y on `images` (N, H, W); NaN marks a missing landmark, whose
+    errors are NaN and left out of the means. Every image is the query against every
+    other image, or `pairs` random ordered pairs are used.
+
+    Returns {"mean_error", "median_error", "per_landmark": (L,), "errors": (P, L),
+    "pairs": P, "pair_indices": (P, 2) query, key, "predicted": (P, L, 2) x, y in the key}.
+    """
+    x = _as_images(images)
+    lm = _as_landmarks(landmarks, x)
+    pair_idx = _pair_list(len(x), pairs, np.random.default_rng(seed))
+    if method == "dense":
+        if upsample < 1:
+            raise ValueError(f"upsample must be at least 1, got {upsample}")
+        pred = _dense_predictions(enc, x, lm, pair_idx, int(upsample))
+    elif method == "window":
+        if patch < 1 or stride < 1:
+            raise ValueError(f"patch and stride must be positive, got patch={patch}, stride={stride}")
+        pred = _window_predictions(enc, x, lm, pair_idx, int(patch), int(stride), features)
+    else:
+        raise ValueError(f"method must be 'dense' or 'window', got {method!r}")
+    errors = np.linalg.norm(pred - lm[pair_idx[:, 1]], axis=-1)
+    return {"mean_error": float(_nanmean(errors)), "median_error": float(_nanmedian(errors)),
+            "per_landmark": _nanmean(errors, axis=0), "errors": errors, "pairs": len(pair_idx),
+            "pair_indices": pair_idx, "predicted": pred}
+
+
+def _landmark_windows(images, landmarks, patch):
+    """Windows around every present landmark, with their image index and landmark id."""
+    present = ~np.isnan(landmarks).any(-1)
+    image_index, ids = np.nonzero(present)
+    windows = np.concatenate([_windows(images[i], landmarks[i, present[i]], patch)
+                              for i in range(len(images)) if present[i].any()])
+    return windows, image_index, ids
+
+
+def landmark_embeddings(enc, images, landmarks, k=5, patch=64, features="cls", tsne=True, seed=0):
+    """Fig. 6: are the embeddings of different anatomical landmarks distinct?
+
+    Embeds the patch x patch window centred on every present landmark and measures how
+    well the embedding identifies the landmark:
+
+    * accuracy: k-nearest-neighbour (L2) landmark-identity accuracy, leave-one-image-out
+      (each image's landmarks are classified by the other images' landmarks);
+      `knn_accuracy` is the same number. chance is the most frequent id's share.
+    * silhouette: scikit-learn silhouette score of the embeddings with ids as clusters.
+    * tsne: (M, 2) t-SNE of the embeddings (perplexity min(30, (M - 1) / 3)), or None when
+      `tsne=False`.
+
+    Returns also `embeddings` (M, C), `ids` (M,) landmark index, `image_index` (M,).
+    """
+    x = _as_images(images)
+    lm = _as_landmarks(landmarks, x)
+    windows, image_index, ids = _landmark_windows(x, lm, patch)
+    emb = _global_features(enc, windows, features)
+    if len(np.unique(image_index)) < 2 or len(np.unique(ids)) < 2:
+        raise ValueError("landmark_embeddings needs landmarks on at least 2 images and at least 2 landmark ids")
+    # Every training fold must hold at least k points.
+    k = min(int(k), len(ids) - np.bincount(image_index).max())
+    pred = cross_val_predict(KNeighborsClassifier(n_neighbors=k), emb, ids, groups=image_index,
+                             cv=LeaveOneGroupOut())
+    acc = float(accuracy_score(ids, pred))
+    sil = float(silhouette_score(emb, ids)) if len(np.unique(ids)) < len(ids) else float("nan")
+    coords = None
+    if tsne:
+        perplexity = min(30.0, (len(ids) - 1) / 3)
+        # PCA initialization (the stable choice) needs at least two feature dimensions.
+        init = "pca" if emb.shape[1] >= 2 else "random"
+        coords = TSNE(n_components=2, perplexity=perplexity, init=init, random_state=seed).fit_transform(emb)
+    return {"accuracy": acc, "knn_accuracy": acc, "trials": len(ids),
+            "chance": float(np.bincount(ids).max() / len(ids)), "silhouette": sil, "k": k,
+            "embeddings": emb.astype(np.float32), "ids": ids, "image_index": image_index, "tsne": coords}
+
+
+def symmetry(enc, images, landmarks, pairs, patch=64, features="cls"):
+    """Fig. 11: do mirrored structures embed alike?
+
+    `pairs` lists (left, right) landmark indices of mirror structures. For each image and
+    pair with both landmarks present, the patch x patch window around the left landmark is
+    flipped horizontally and matched by L2 against the windows around all right-side
+    landmarks (the second entries of `pairs`) present in the same image; the decision is
+    correct when the nearest one is the partner. chance is the mean of 1 / candidates.
+
+    Returns {"accuracy", "trials", "chance"}.
+    """
+    x = _as_images(images)
+    lm = _as_landmarks(landmarks, x)
+    pairs = np.asarray(pairs, int).reshape(-1, 2)
+    present = ~np.isnan(lm).any(-1)
+    right = np.unique(pairs[:, 1])
+    correct, chance = [], []
+    for i in range(len(x)):
+        candidates = right[present[i, right]]
+        queries = pairs[present[i, pairs[:, 0]] & present[i, pairs[:, 1]]]
+        if len(queries) == 0:
+            continue
+        flipped = _windows(x[i], lm[i, queries[:, 0]], patch)[:, :, ::-1]
+        nearest = pairwise_distances_argmin(_global_features(enc, flipped, features),
+                                            _global_features(enc, _windows(x[i], lm[i, candidates], patch), features))
+        correct.extend(candidates[nearest] == queries[:, 1])
+        chance.extend([1.0 / len(candidates)] * len(queries))
+    if not correct:
+        raise ValueError("no image has both landmarks of any pair")
+    return {"accuracy": float(np.mean(correct)), "trials": len(correct), "chance": float(np.mean(chance))}
+
+
+# ---------------------------------------------------------------- transfer
+def linear_probe_classification(enc, train, test, features="cls", C=1.0):
+    """Frozen-feature classification (e.g. JSRT nodule vs no nodule).
+
+    train and test are (images, labels). A logistic regression (scikit-learn, features
+    standardized on the training set, inverse regularization `C`) is fitted on the
+    frozen f(x) of the training images. auc is the ROC AUC on the test set (one-vs-rest
+    for more than two classes), accuracy the share of correct labels; chance is the most
+    frequent test label's share.
+
+    Returns {"auc", "accuracy", "trials", "chance", "n_train", "n_test"}.
+    """
+    (x_train, y_train), (x_test, y_test) = train, test
+    y_train, y_test = np.asarray(y_train), np.asarray(y_test)
+    f_train = _global_features(enc, _as_images(x_train), features)
+    f_test = _global_features(enc, _as_images(x_test), features)
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000))
+    clf.fit(f_train, y_train)
+    proba = clf.predict_proba(f_test)
+    if len(clf.classes_) == 2:
+        auc = roc_auc_score(y_test, proba[:, 1])
+    else:
+        auc = roc_auc_score(y_test, proba, multi_class="ovr", labels=clf.classes_)
+    _, counts = np.unique(y_test, return_counts=True)
+    return {"auc": float(auc), "accuracy": float(accuracy_score(y_test, clf.predict(f_test))),
+            "trials": len(y_test), "chance": float(counts.max() / len(y_test)),
+            "n_train": len(y_train), "n_test": len(y_test)}
+
+
+def dice(pred, target):
+    """Dice overlap 2 |P & T| / (|P| + |T|) of two boolean masks; 1 when both are empty."""
+    pred, target = np.asarray(pred, bool), np.asarray(target, bool)
+    if pred.shape != target.shape:
+        raise ValueError(f"masks differ in shape: {pred.shape} vs {target.shape}")
+    total = pred.sum() + target.sum()
+    return 1.0 if total == 0 else float(2.0 * np.logical_and(pred, target).sum() / total)
+
+
+def _mask_dict(masks, structures, n):
+    """{name: bool (N, H, W)} from a dict or an (N, S, H, W) array with `structures` names."""
+    if isinstance(masks, dict):
+        names = list(structures) if structures is not None else list(masks)
+        out = {name: np.asarray(masks[name], bool) for name in names}
+    else:
+        a = np.asarray(masks, bool)
+        if a.ndim != 4:
+            raise ValueError(f"mask arrays must be (N, S, H, W), got shape {a.shape}")
+        names = list(structures) if structures is not None else [str(s) for s in range(a.shape[1])]
+        if len(names) != a.shape[1]:
+            raise ValueError(f"{len(names)} structure names for {a.shape[1]} mask channels")
+        out = {name: a[:, s] for s, name in enumerate(names)}
+    for name, m in out.items():
+        if m.ndim != 3 or len(m) != n:
+            raise ValueError(f"masks of {name!r} must be (N, H, W) with N = {n}, got shape {m.shape}")
+    return out
+
+
+def _area_fraction(masks, grid):
+    """Share of each token's area covered by the mask: (N, H, W) bool -> (N, gh, gw).
+    Pillow's box filter averages the pixels whose centres fall in each token."""
+    size = (grid[1], grid[0])
+    return np.clip(np.stack([np.asarray(Image.fromarray(m.astype(np.float32), mode="F").resize(size, Image.BOX))
+                             for m in masks]), 0.0, 1.0)
+
+
+def _fit_token_classifier(features, fraction, C):
+    """Logistic regression of token features on soft labels (covered area fractions).
+
+    Each token enters as a positive with weight `fraction` and a negative with weight
+    1 - fraction: the cross-entropy of a prediction that is constant over the token,
+    summed over its pixels. Returns a function features -> probability. With no
+    positive (or no negative) area at all the prediction is that constant.
+    """
+    pos, neg = fraction > 0, fraction < 1
+    if not pos.any() or not neg.any():
+        constant = float(pos.any())
+        return lambda f: np.full(len(f), constant)
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=1000))
+    clf.fit(np.concatenate([features[pos], features[neg]]),
+            np.concatenate([np.ones(pos.sum()), np.zeros(neg.sum())]),
+            logisticregression__sample_weight=np.concatenate([fraction[pos], 1.0 - fraction[neg]]))
+    return lambda f: clf.predict_proba(f)[:, 1]
+
+
+def segmentation(enc, train, test, mode="linear", shots=None, structures=None, C=1.0, seed=0):
+    """Fig. 8 / Table 1: frozen-encoder segmentation with a linear head on patch tokens.
+
+    train and test are (images, masks), masks a dict name -> bool (N, H, W) or an
+    (N, S, H, W) array named by `structures`. For each structure a logistic regression
+    maps a patch token to the probability that its area is covered, trained on soft
+    labels (the covered fraction of each token, see `_fit_token_classifier`). Test
+    probabilities are upsampled bilinearly from the token grid to the mask size
+    (scipy.ndimage.zoom, token centres aligned) and thresholded at 0.5; Dice is computed
+    per test image. `shots` keeps the first `shots` training images after a shuffle
+    seeded by `seed` (few-shot); None uses them all.
+
+    mode="finetune" (full fine-tuning) is not available yet.
+
+    Returns {"dice": {name: mean}, "dice_per_image": {name: (N_test,)}, "shots": n_train_used}.
+    """
+    if mode == "finetune":
+        raise NotImplementedError("segmentation mode='finetune' needs the core's backward pass through the "
+                                  "Python API, which comes later; use mode='linear'")
+    if mode != "linear":
+        raise ValueError(f"mode must be 'linear' or 'finetune', got {mode!r}")
+    (x_train, m_train), (x_test, m_test) = train, test
+    x_train, x_test = _as_images(x_train), _as_images(x_test)
+    m_train = _mask_dict(m_train, structures, len(x_train))
+    m_test = _mask_dict(m_test, structures, len(x_test))
+    order = np.random.default_rng(seed).permutation(len(x_train))
+    if shots is not None:
+        if not 1 <= shots <= len(x_train):
+            raise ValueError(f"shots must be between 1 and {len(x_train)} training images, got {shots}")
+        order = order[:shots]
+    _, t_train = enc.embed(x_train[order])
+    _, t_test = enc.embed(x_test)
+    grid = t_train.shape[1:3]
+    f_train = t_train.reshape(-1, t_train.shape[-1]).astype(np.float64)
+    f_test = t_test.reshape(-1, t_test.shape[-1]).astype(np.float64)
+    mean_dice, per_image = {}, {}
+    for name, masks in m_train.items():
+        predict = _fit_token_classifier(f_train, _area_fraction(masks[order], grid).ravel(), C)
+        prob = predict(f_test).reshape((len(x_test),) + grid)
+        target = m_test[name]
+        zoom = (target.shape[1] / grid[0], target.shape[2] / grid[1])
+        scores = [dice(ndimage.zoom(p, zoom, order=1, grid_mode=True, mode="nearest") > 0.5, t)
+                  for p, t in zip(prob, target)]
+        per_image[name] = np.array(scores)
+        mean_dice[name] = float(np.mean(scores))
+    return {"dice": mean_dice, "dice_per_image": per_image, "shots": len(order)}
