@@ -73,6 +73,22 @@ def build_parser():
     e.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     e.add_argument("--threads", type=int, help="threads for the core (default: all cores)")
     e.set_defaults(run=embed)
+
+    v = sub.add_parser("evaluate", help="measure an encoder: the paper's probes and transfer tasks, with a report",
+                       description="Run every probe (compositionality, decompositionality, retrieval, landmark "
+                                   "correspondence, landmark embeddings, symmetry, nodule classification, "
+                                   "segmentation with few-shot) and write OUT/metrics.json, OUT/report.md and "
+                                   "its figures.")
+    which = v.add_mutually_exclusive_group(required=True)
+    which.add_argument("--checkpoint", help="encoder or training-run checkpoint (.safetensors)")
+    which.add_argument("--random-init", metavar="PRESET", help="evaluate an untrained encoder of this preset")
+    v.add_argument("--data", help="JSRT-layout folder (images/, masks/, split.json, landmarks_dev.csv); "
+                                  "omitted: 60 phantoms with exact masks and landmarks")
+    v.add_argument("--out", default="runs/evaluate", help="output folder (default runs/evaluate)")
+    v.add_argument("--quick", action="store_true", help="fewer trials and pairs, no sliding-window search")
+    v.add_argument("--seed", type=int, default=0, help="seed of the random-init encoder")
+    v.add_argument("--threads", type=int, help="threads for the core (default: all cores)")
+    v.set_defaults(run=evaluate)
     return parser
 
 
@@ -214,4 +230,31 @@ def embed(args):
     np.savez(tmp, **arrays)
     os.replace(tmp, out)
     print(f"embedded {len(paths)} images -> {out} (cls {cls.shape}" + (f", tokens {tokens.shape})" if args.tokens else ")"))
+    return 0
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+def evaluate(args):
+    import ace
+    from .data import load_jsrt, phantom_set
+    from .encoder import Encoder
+    from .evaluate import run_suite, write_report
+
+    if args.threads:
+        ace.set_num_threads(args.threads)
+    if args.checkpoint:
+        enc, title = Encoder.load(args.checkpoint), f"Evaluation of {args.checkpoint}"
+    else:
+        enc, title = Encoder(args.random_init, seed=args.seed), f"Evaluation of a random-init {args.random_init}"
+    data = load_jsrt(args.data) if args.data else phantom_set()
+    out = Path(args.out)
+    metrics, figures = run_suite(enc, data, out, quick=args.quick)
+    metrics["encoder"] = enc.config
+    metrics["checkpoint"] = args.checkpoint or f"random-init {args.random_init} seed {args.seed}"
+    metrics["data"] = data.source
+    metrics["quick"] = args.quick
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_report(out / "report.md", title, data.source, metrics, figures, enc.config)
+    print(f"wrote {out / 'metrics.json'} and {out / 'report.md'}")
     return 0

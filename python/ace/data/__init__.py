@@ -2,6 +2,7 @@
 the procedural chest-radiograph phantom used when no data is given."""
 
 from . import phantom
+from .datasets import LabelledSet, load_jsrt, mirror_pairs, phantom_set
 from .images import (
     IMAGE_SUFFIXES,
     ImageReadError,
@@ -16,6 +17,10 @@ from .images import (
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "LabelledSet",
+    "load_jsrt",
+    "mirror_pairs",
+    "phantom_set",
     "ImageReadError",
     "ImageSkipWarning",
     "ImageStream",

@@ -1,0 +1,100 @@
+"""Labelled data sets for evaluation: a JSRT-layout folder, or phantoms standing in for it.
+
+A `LabelledSet` holds, for N images: the names, images float32 (N, S, S) in [0, 1], a
+binary label per image, masks per structure (N, S, S) bool, landmarks float32 (N, L, 2)
+x, y (NaN where not annotated), and index arrays of a train / val / test split.
+"""
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import phantom
+from .images import ImageReadError, read_image, resize
+
+STRUCTURES = phantom.STRUCTURES
+LANDMARK_ORDER = phantom.LANDMARK_ORDER
+LANDMARK_OFFSETS = dict(zip(LANDMARK_ORDER, np.cumsum([0] + [phantom.LANDMARK_COUNTS[s] for s in LANDMARK_ORDER])))
+LANDMARKS = sum(phantom.LANDMARK_COUNTS.values())
+
+
+@dataclass
+class LabelledSet:
+    names: list
+    images: np.ndarray
+    labels: np.ndarray
+    masks: dict
+    landmarks: np.ndarray
+    split: dict
+    source: str
+
+    def subset(self, part):
+        """(images, labels, masks) of one split part."""
+        idx = self.split[part]
+        return self.images[idx], self.labels[idx], {k: v[idx] for k, v in self.masks.items()}
+
+
+def load_jsrt(root, size=512):
+    """A JSRT-layout folder: images/NAME.png, masks/STRUCT/NAME.png, split.json,
+    landmarks_dev.csv (image, structure, index, x, y on the 512 px images). The label is
+    1 for a nodule case (names starting JPCLN), 0 otherwise."""
+    root = Path(root)
+    split_file = root / "split.json"
+    if not (root / "images").is_dir() or not split_file.is_file():
+        raise FileNotFoundError(f"{root} is not a JSRT-layout folder (needs images/ and split.json)")
+    split_names = json.loads(split_file.read_text())
+    names = sorted(n for part in split_names.values() for n in part)
+    index = {n: i for i, n in enumerate(names)}
+    images = np.zeros((len(names), size, size), np.float32)
+    masks = {s: np.zeros((len(names), size, size), bool) for s in STRUCTURES}
+    for i, name in enumerate(names):
+        images[i] = resize(read_image(root / "images" / f"{name}.png"), size)
+        for s in STRUCTURES:
+            path = root / "masks" / s / f"{name}.png"
+            if not path.is_file():
+                raise ImageReadError(f"{path}: mask missing")
+            masks[s][i] = resize(read_image(path), size) > 0.5
+    landmarks = np.full((len(names), LANDMARKS, 2), np.nan, np.float32)
+    csv_path = root / "landmarks_dev.csv"
+    if csv_path.is_file():
+        scale = size / 512
+        with csv_path.open() as f:
+            for row in csv.DictReader(f):
+                if row["image"] in index and row["structure"] in LANDMARK_OFFSETS:
+                    k = LANDMARK_OFFSETS[row["structure"]] + int(row["index"])
+                    landmarks[index[row["image"]], k] = (float(row["x"]) * scale, float(row["y"]) * scale)
+    labels = np.array([n.startswith("JPCLN") for n in names], np.int64)
+    split = {part: np.array([index[n] for n in part_names]) for part, part_names in split_names.items()}
+    return LabelledSet(names, images, labels, masks, landmarks, split, str(root))
+
+
+def phantom_set(n=60, size=256, seed=0):
+    """n phantoms with exact masks and landmarks; the label is whether the phantom's heart
+    is wider than the median (a structure-level property a probe can find); split 60/20/20."""
+    images, cohort = phantom.batch(range(seed, seed + n), size=size)
+    masks = {s: np.stack([p.masks[s] for p in cohort]) for s in STRUCTURES}
+    widths = masks["heart"].any(axis=1).sum(axis=1)
+    labels = (widths > np.median(widths)).astype(np.int64)
+    order = np.random.default_rng(seed).permutation(n)
+    a, b = int(0.6 * n), int(0.8 * n)
+    split = {"train": np.sort(order[:a]), "val": np.sort(order[a:b]), "test": np.sort(order[b:])}
+    return LabelledSet([f"phantom{s}" for s in range(seed, seed + n)], images, labels, masks,
+                       phantom.landmark_array(cohort), split, "phantom")
+
+
+def mirror_pairs(landmarks, width, max_distance=12.0):
+    """(left lung, right lung) landmark index pairs of mirror structures: each right-lung
+    landmark's mean position, mirrored about the image's vertical midline, paired with the
+    nearest mean left-lung landmark when within `max_distance` pixels."""
+    mean = np.nanmean(landmarks, axis=0)
+    right = np.arange(LANDMARK_OFFSETS["right_lung"], LANDMARK_OFFSETS["right_lung"] + phantom.LANDMARK_COUNTS["right_lung"])
+    left = np.arange(LANDMARK_OFFSETS["left_lung"], LANDMARK_OFFSETS["left_lung"] + phantom.LANDMARK_COUNTS["left_lung"])
+    pairs = []
+    for r in right:
+        mirrored = np.array([width - 1 - mean[r, 0], mean[r, 1]])
+        d = np.linalg.norm(mean[left] - mirrored, axis=1)
+        if np.isfinite(d).any() and np.nanmin(d) <= max_distance:
+            pairs.append((int(left[np.nanargmin(d)]), int(r)))
+    return pairs
