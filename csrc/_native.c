@@ -151,11 +151,13 @@ static PyObject *Encoder_set_tensor(EncoderObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* forward_features(x, out): x float32 (B, C, H, W); out float32 (B, 1 + h*w, embed_dim),
- * allocated by the caller, which knows the config. The core checks every size. */
+/* forward_features(x, out[, train]): x float32 (B, C, H, W); out float32 (B, 1 + h*w,
+ * embed_dim), allocated by the caller, which knows the config. The core checks every size.
+ * train=True runs the training forward (drop path, activations kept for backward). */
 static PyObject *Encoder_forward_features(EncoderObject *self, PyObject *args) {
     PyObject *xo, *oo;
-    if (!check_handle(self) || !PyArg_ParseTuple(args, "OO", &xo, &oo)) return NULL;
+    int train = 0;
+    if (!check_handle(self) || !PyArg_ParseTuple(args, "OO|p", &xo, &oo, &train)) return NULL;
     if (!PyArray_Check(oo) || PyArray_TYPE((PyArrayObject *)oo) != NPY_FLOAT32 ||
         !PyArray_ISCARRAY((PyArrayObject *)oo)) {
         PyErr_SetString(ACEError, "out must be a writable C-contiguous float32 array");
@@ -167,10 +169,35 @@ static PyObject *Encoder_forward_features(EncoderObject *self, PyObject *args) {
     npy_intp *s = PyArray_DIMS(x);
     int32_t status;
     Py_BEGIN_ALLOW_THREADS
-    status = ace_encoder_forward_features(self->handle, PyArray_DATA(x), s[0], s[1], s[2], s[3],
-                                          PyArray_DATA(out), PyArray_SIZE(out));
+    status = (train ? ace_encoder_forward_train : ace_encoder_forward_features)(
+        self->handle, PyArray_DATA(x), s[0], s[1], s[2], s[3], PyArray_DATA(out), PyArray_SIZE(out));
     Py_END_ALLOW_THREADS
     Py_DECREF(x);
+    if (status) return raise_core_error();
+    Py_RETURN_NONE;
+}
+
+static PyObject *Encoder_backward(EncoderObject *self, PyObject *args) {
+    PyObject *go;
+    if (!check_handle(self) || !PyArg_ParseTuple(args, "O", &go)) return NULL;
+    PyArrayObject *g = float_array(go, 3, "gradient");
+    if (!g) return NULL;
+    int32_t status;
+    Py_BEGIN_ALLOW_THREADS
+    status = ace_encoder_backward(self->handle, PyArray_DATA(g), PyArray_SIZE(g));
+    Py_END_ALLOW_THREADS
+    Py_DECREF(g);
+    if (status) return raise_core_error();
+    Py_RETURN_NONE;
+}
+
+static PyObject *Encoder_adamw_step(EncoderObject *self, PyObject *args) {
+    float lr, wd;
+    if (!check_handle(self) || !PyArg_ParseTuple(args, "ff", &lr, &wd)) return NULL;
+    int32_t status;
+    Py_BEGIN_ALLOW_THREADS
+    status = ace_encoder_adamw_step(self->handle, lr, wd);
+    Py_END_ALLOW_THREADS
     if (status) return raise_core_error();
     Py_RETURN_NONE;
 }
@@ -182,7 +209,9 @@ static PyMethodDef Encoder_methods[] = {
     {"get_tensor", (PyCFunction)Encoder_get_tensor, METH_VARARGS, "get_tensor(i) -> float32 array (a copy)."},
     {"set_tensor", (PyCFunction)Encoder_set_tensor, METH_VARARGS, "set_tensor(i, float32 array)."},
     {"forward_features", (PyCFunction)Encoder_forward_features, METH_VARARGS,
-     "forward_features(x float32 (B, C, H, W), out float32 (B, 1 + h*w, embed_dim))."},
+     "forward_features(x float32 (B, C, H, W), out float32 (B, 1 + h*w, embed_dim), train=False)."},
+    {"backward", (PyCFunction)Encoder_backward, METH_VARARGS, "backward(d_out float32 (B, 1 + h*w, C))."},
+    {"adamw_step", (PyCFunction)Encoder_adamw_step, METH_VARARGS, "adamw_step(lr, weight_decay)."},
     {NULL}};
 
 static PyTypeObject EncoderType = {

@@ -36,6 +36,13 @@ int32_t ace_encoder_forward_features(void *encoder, const float *x, int64_t batc
                                      int64_t channels, int64_t height, int64_t width,
                                      float *out, int64_t out_count);
 
+/* Fine-tuning: a training forward (drop path on), backward of d loss / d output
+ * (accumulating parameter gradients), and an AdamW update that zeroes them. */
+int32_t ace_encoder_forward_train(void *encoder, const float *x, int64_t batch, int64_t channels,
+                                  int64_t height, int64_t width, float *out, int64_t out_count);
+int32_t ace_encoder_backward(void *encoder, const float *d_out, int64_t count);
+int32_t ace_encoder_adamw_step(void *encoder, float lr, float weight_decay);
+
 /* Pretraining runs (ACE and the DINO baseline). */
 #define ACE_TRAINER_STATS 11 /* loss, global, comp, decomp, lr, wd, momentum, grad_norm,
                                 step, comp_acc, decomp_acc */

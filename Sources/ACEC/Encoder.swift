@@ -29,6 +29,11 @@ final class EncoderHandle {
     let configJSON: UnsafeMutablePointer<CChar>
     /// Parameter names as C strings, alive as long as the handle.
     let names: [UnsafePointer<CChar>]
+    /// Fine-tuning state, created by the first training forward: AdamW moments and the
+    /// generator of drop path.
+    var optimizer: AdamW?
+    var rng = RNG(seed: 0)
+    var lastOutputCount = 0
 
     init(_ model: VisionTransformer, lock: HandleLock = HandleLock()) {
         self.model = model
@@ -171,18 +176,69 @@ public func ace_encoder_set_tensor(_ h: UnsafeMutableRawPointer?, _ i: Int32,
 public func ace_encoder_forward_features(_ h: UnsafeMutableRawPointer?, _ x: UnsafePointer<Float>?,
                                          _ b: Int64, _ c: Int64, _ height: Int64, _ width: Int64,
                                          _ out: UnsafeMutablePointer<Float>?, _ outCount: Int64) -> Int32 {
+    guarded { try runForward(h, x, [b, c, height, width], out, outCount, training: false) }
+}
+
+/// Training forward (drop path active), keeping what backward needs. As forward_features.
+@_cdecl("ace_encoder_forward_train")
+public func ace_encoder_forward_train(_ h: UnsafeMutableRawPointer?, _ x: UnsafePointer<Float>?,
+                                      _ b: Int64, _ c: Int64, _ height: Int64, _ width: Int64,
+                                      _ out: UnsafeMutablePointer<Float>?, _ outCount: Int64) -> Int32 {
+    guarded { try runForward(h, x, [b, c, height, width], out, outCount, training: true) }
+}
+
+private func runForward(_ h: UnsafeMutableRawPointer?, _ x: UnsafePointer<Float>?, _ shape: [Int64],
+                        _ out: UnsafeMutablePointer<Float>?, _ outCount: Int64, training: Bool) throws {
+    let e = try encoder(h)
+    guard let x, let out else { throw ACEError("null input or output") }
+    guard shape.allSatisfy({ $0 >= 0 }) else { throw ACEError("negative input dimension") }
+    try e.locked {
+        let input = Tensor(shape.map { Int($0) })
+        input.data.update(from: x, count: input.count)
+        // Any forward replaces the activations a pending backward would need.
+        e.lastOutputCount = 0
+        let y = try e.model.forward(input, training: training, rng: &e.rng)
+        guard Int64(y.count) == outCount else {
+            throw ACEError("output buffer holds \(outCount) values, the encoder produces \(y.count)")
+        }
+        out.update(from: y.data, count: y.count)
+        if training { e.lastOutputCount = y.count }
+    }
+}
+
+/// Accumulates parameter gradients for d loss / d output of the last training forward.
+@_cdecl("ace_encoder_backward")
+public func ace_encoder_backward(_ h: UnsafeMutableRawPointer?, _ dy: UnsafePointer<Float>?, _ count: Int64) -> Int32 {
     guarded {
         let e = try encoder(h)
-        guard let x, let out else { throw ACEError("null input or output") }
-        guard b >= 0, c >= 0, height >= 0, width >= 0 else { throw ACEError("negative input dimension") }
+        guard let dy else { throw ACEError("null gradient") }
         try e.locked {
-            let input = Tensor([Int(b), Int(c), Int(height), Int(width)])
-            input.data.update(from: x, count: input.count)
-            let y = try e.model.forward(input)
-            guard Int64(y.count) == outCount else {
-                throw ACEError("output buffer holds \(outCount) values, the encoder produces \(y.count)")
+            guard e.lastOutputCount > 0 else { throw ACEError("backward needs a training forward first") }
+            guard Int64(e.lastOutputCount) == count else {
+                throw ACEError("gradient has \(count) values, the last training forward produced \(e.lastOutputCount)")
             }
-            out.update(from: y.data, count: y.count)
+            for i in 0..<Int(count) where !dy[i].isFinite { throw ACEError("gradient contains NaN or infinite values") }
+            let grad = Tensor(e.model.output.shape)
+            grad.data.update(from: dy, count: Int(count))
+            e.model.backward(grad)
+            e.lastOutputCount = 0
+        }
+    }
+}
+
+/// One AdamW update of every parameter from the accumulated gradients, which are then zeroed.
+@_cdecl("ace_encoder_adamw_step")
+public func ace_encoder_adamw_step(_ h: UnsafeMutableRawPointer?, _ lr: Float, _ weightDecay: Float) -> Int32 {
+    guarded {
+        let e = try encoder(h)
+        guard lr >= 0, weightDecay >= 0, lr.isFinite, weightDecay.isFinite else {
+            throw ACEError("lr and weight_decay must be finite and non-negative")
+        }
+        e.locked {
+            let opt = e.optimizer ?? AdamW(e.model.parameters)
+            e.optimizer = opt
+            opt.step(lr: lr, weightDecay: weightDecay)
+            e.model.zeroGrad()
         }
     }
 }

@@ -54,6 +54,12 @@ class Encoder:
         """Write a safetensors file atomically (timm names, config JSON in the metadata)."""
         self._native.save(os.fspath(path))
 
+    def copy(self):
+        """An independent encoder with the same config and weights (no optimizer state)."""
+        twin = Encoder._wrap(_native.encoder_from_json(self._native.config_json()), self.mean, self.std)
+        twin.load_state_dict(self.state_dict())
+        return twin
+
     @property
     def config(self):
         return json.loads(self._native.config_json())
@@ -90,6 +96,28 @@ class Encoder:
     def forward_features(self, x):
         """x float32 (B, in_chans, H, W), already normalized -> (B, 1 + h*w, C) after the
         final norm, like timm's `forward_features`."""
+        return self._forward(x, train=False)
+
+    # ------------------------------------------------------------ fine-tuning
+    def forward_train(self, x):
+        """As `forward_features`, in training mode (drop path on), keeping what `backward`
+        needs. Any other forward on this encoder in between discards it."""
+        return self._forward(x, train=True)
+
+    def backward(self, d_features):
+        """Accumulate the gradients of every weight for d loss / d output of the last
+        `forward_train` (same shape as its output)."""
+        d = np.ascontiguousarray(d_features, dtype=np.float32)
+        if d.ndim != 3:
+            raise ACEError(f"gradient must be (B, 1 + h*w, C), got shape {d.shape}")
+        self._native.backward(d)
+
+    def adamw_step(self, lr, weight_decay=0.0):
+        """One AdamW update (weight decay on weight matrices only) from the accumulated
+        gradients, which are then reset. The moments persist across calls."""
+        self._native.adamw_step(float(lr), float(weight_decay))
+
+    def _forward(self, x, train):
         x = np.asarray(x)
         if x.dtype != np.float32:
             if x.dtype.kind not in "fiu":
@@ -101,7 +129,7 @@ class Encoder:
         p = cfg["patch_size"]
         h, w = x.shape[2] // p, x.shape[3] // p
         out = np.empty((x.shape[0], 1 + h * w, cfg["embed_dim"]), np.float32)
-        self._native.forward_features(np.ascontiguousarray(x), out)
+        self._native.forward_features(np.ascontiguousarray(x), out, train)
         return out
 
     def preprocess(self, images):

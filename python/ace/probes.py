@@ -504,7 +504,7 @@ def _fit_token_classifier(features, fraction, C):
     return lambda f: clf.predict_proba(f)[:, 1]
 
 
-def segmentation(enc, train, test, mode="linear", shots=None, structures=None, C=1.0, seed=0):
+def segmentation(enc, train, test, mode="linear", shots=None, structures=None, C=1.0, seed=0, finetune=None):
     """Fig. 8 / Table 1: frozen-encoder segmentation with a linear head on patch tokens.
 
     train and test are (images, masks), masks a dict name -> bool (N, H, W) or an
@@ -516,14 +516,14 @@ def segmentation(enc, train, test, mode="linear", shots=None, structures=None, C
     per test image. `shots` keeps the first `shots` training images after a shuffle
     seeded by `seed` (few-shot); None uses them all.
 
-    mode="finetune" (full fine-tuning) is not available yet.
+    mode="finetune": a copy of the encoder is trained end to end with a per-token linear
+    head (one logit per structure, the same soft labels, mean binary cross-entropy) through
+    the core's backward pass, see `_finetune`; the original encoder is left unchanged.
+    `finetune` overrides its settings (epochs, batch, lr, head_lr, weight_decay).
 
     Returns {"dice": {name: mean}, "dice_per_image": {name: (N_test,)}, "shots": n_train_used}.
     """
-    if mode == "finetune":
-        raise NotImplementedError("segmentation mode='finetune' needs the core's backward pass through the "
-                                  "Python API, which comes later; use mode='linear'")
-    if mode != "linear":
+    if mode not in ("linear", "finetune"):
         raise ValueError(f"mode must be 'linear' or 'finetune', got {mode!r}")
     (x_train, m_train), (x_test, m_test) = train, test
     x_train, x_test = _as_images(x_train), _as_images(x_test)
@@ -534,19 +534,65 @@ def segmentation(enc, train, test, mode="linear", shots=None, structures=None, C
         if not 1 <= shots <= len(x_train):
             raise ValueError(f"shots must be between 1 and {len(x_train)} training images, got {shots}")
         order = order[:shots]
-    _, t_train = enc.embed(x_train[order])
-    _, t_test = enc.embed(x_test)
-    grid = t_train.shape[1:3]
-    f_train = t_train.reshape(-1, t_train.shape[-1]).astype(np.float64)
-    f_test = t_test.reshape(-1, t_test.shape[-1]).astype(np.float64)
+    cfg = enc.config
+    grid = (cfg["img_size"] // cfg["patch_size"],) * 2
+    if mode == "finetune":
+        fractions = np.stack([_area_fraction(m[order], grid) for m in m_train.values()], axis=-1)
+        probs = _finetune(enc, x_train[order], fractions, x_test, seed=seed, **(finetune or {}))
+    else:
+        _, t_train = enc.embed(x_train[order])
+        _, t_test = enc.embed(x_test)
+        f_train = t_train.reshape(-1, t_train.shape[-1]).astype(np.float64)
+        f_test = t_test.reshape(-1, t_test.shape[-1]).astype(np.float64)
+        probs = np.stack([_fit_token_classifier(f_train, _area_fraction(m[order], grid).ravel(), C)(f_test)
+                          for m in m_train.values()], axis=-1).reshape((len(x_test),) + grid + (len(m_train),))
     mean_dice, per_image = {}, {}
-    for name, masks in m_train.items():
-        predict = _fit_token_classifier(f_train, _area_fraction(masks[order], grid).ravel(), C)
-        prob = predict(f_test).reshape((len(x_test),) + grid)
+    for s, name in enumerate(m_train):
         target = m_test[name]
         zoom = (target.shape[1] / grid[0], target.shape[2] / grid[1])
         scores = [dice(ndimage.zoom(p, zoom, order=1, grid_mode=True, mode="nearest") > 0.5, t)
-                  for p, t in zip(prob, target)]
+                  for p, t in zip(probs[..., s], target)]
         per_image[name] = np.array(scores)
         mean_dice[name] = float(np.mean(scores))
     return {"dice": mean_dice, "dice_per_image": per_image, "shots": len(order)}
+
+
+def _finetune(enc, images, fractions, test_images, *, epochs=20, batch=8, lr=1e-4, head_lr=1e-2,
+              weight_decay=0.05, seed=0):
+    """Train a copy of `enc` and a per-token linear head end to end; return the test
+    probabilities (N_test, gh, gw, S).
+
+    Loss: mean binary cross-entropy of sigmoid(tokens W + b) against the covered area
+    fractions. Its gradient reaches the tokens as dL/dtokens = dlogits W^T and goes through
+    the core's backward pass; the encoder takes AdamW steps in the core, the head Adam steps
+    here. The head starts at zero, so the first steps train it alone.
+    """
+    model = enc.copy()
+    x = model.preprocess(images)
+    n, s = len(x), fractions.shape[-1]
+    y = fractions.reshape(n, -1, s)
+    head = {"w": np.zeros((model.config["embed_dim"], s)), "b": np.zeros(s)}
+    adam = {k: (np.zeros_like(v), np.zeros_like(v)) for k, v in head.items()}
+    rng = np.random.default_rng(seed)
+    step = 0
+    for _ in range(epochs):
+        order = rng.permutation(n)
+        for start in range(0, n, batch):
+            idx = order[start:start + batch]
+            feats = model.forward_train(x[idx])
+            tokens = feats[:, 1:].astype(np.float64)
+            prob = 1 / (1 + np.exp(-(tokens @ head["w"] + head["b"])))
+            d_logits = (prob - y[idx]) / prob.size
+            d_feats = np.zeros_like(feats)
+            d_feats[:, 1:] = d_logits @ head["w"].T
+            model.backward(d_feats)
+            model.adamw_step(lr, weight_decay)
+            step += 1
+            grads = {"w": np.einsum("btc,bts->cs", tokens, d_logits), "b": d_logits.sum(axis=(0, 1))}
+            for k, g in grads.items():
+                m, v = adam[k]
+                m[:] = 0.9 * m + 0.1 * g
+                v[:] = 0.999 * v + 0.001 * g * g
+                head[k] -= head_lr * (m / (1 - 0.9 ** step)) / (np.sqrt(v / (1 - 0.999 ** step)) + 1e-8)
+    _, tokens = model.embed(test_images)
+    return 1 / (1 + np.exp(-(tokens.astype(np.float64) @ head["w"] + head["b"])))

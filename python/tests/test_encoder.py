@@ -228,3 +228,42 @@ def test_gil_is_released_during_forward():
         time.sleep(0.001)
     t.join()
     assert ticks[0] > 20   # the main thread kept running while the core worked
+
+
+def test_fine_tuning_through_the_core_reduces_a_loss():
+    """forward_train -> backward -> adamw_step: regress the mean token onto a target."""
+    enc = ace.Encoder("vit_nano", img_size=32, seed=2, drop_path=0.1)
+    x = randn(4, 1, 32, 32, seed=3)
+    target = randn(96, seed=4)
+    losses = []
+    for _ in range(15):
+        feats = enc.forward_train(x)
+        diff = feats[:, 1:].mean(axis=1) - target
+        losses.append(float((diff ** 2).mean()))
+        grad = np.zeros_like(feats)
+        grad[:, 1:] = (2 * diff / diff.size)[:, None, :] / (feats.shape[1] - 1)
+        enc.backward(grad)
+        enc.adamw_step(1e-3)
+    assert losses[-1] < 0.8 * losses[0], losses
+    # With lr 0 the weights do not move.
+    before = enc.state_dict()
+    enc.backward(np.zeros_like(enc.forward_train(x)))
+    enc.adamw_step(0.0)
+    assert all(np.array_equal(v, enc.state_dict()[k]) for k, v in before.items())
+
+
+def test_fine_tuning_misuse_raises(nano):
+    x = randn(2, 1, 64, 64)
+    twin = nano.copy()
+    with pytest.raises(ace.ACEError, match="training forward"):
+        twin.backward(np.zeros((2, 17, 96), np.float32))
+    feats = twin.forward_train(x)
+    with pytest.raises(ace.ACEError, match="values"):
+        twin.backward(np.zeros((1, 17, 96), np.float32))
+    with pytest.raises(ace.ACEError, match="NaN"):
+        twin.backward(np.full_like(feats, np.nan))
+    twin.forward_features(x)              # an inference forward discards the pending backward
+    with pytest.raises(ace.ACEError, match="training forward"):
+        twin.backward(np.zeros_like(feats))
+    with pytest.raises(ace.ACEError, match="lr"):
+        twin.adamw_step(-1.0)

@@ -54,7 +54,8 @@ def test_evaluate_quick_on_the_phantom(tmp_path):
     assert r.returncode == 0, r.stderr
     m = json.loads((tmp_path / "metrics.json").read_text())
     for key in ("compositionality", "decompositionality", "retrieval", "landmarks_dense", "landmark_embeddings",
-                "symmetry", "classification", "segmentation", "segmentation_2shot", "segmentation_10shot"):
+                "symmetry", "classification", "segmentation", "segmentation_2shot", "segmentation_10shot",
+                "segmentation_finetune"):
         assert key in m, key
     for key in ("decompositionality", "retrieval", "landmark_embeddings", "symmetry"):
         assert 0 <= m[key]["accuracy"] <= 1 and 0 < m[key]["chance"] < 1 and m[key]["trials"] > 0
@@ -62,7 +63,7 @@ def test_evaluate_quick_on_the_phantom(tmp_path):
     report = (tmp_path / "report.md").read_text()
     for figure in ("compositionality_kde.png", "tsne.png", "landmark_predictions.png", "landmark_errors.png"):
         assert f"({figure})" in report and (tmp_path / figure).stat().st_size > 0
-    assert "| dense |" in report and "Dice" in report
+    assert "| dense |" in report and "| fine-tuned |" in report
 
 
 def test_evaluate_rejects_a_bad_data_folder(tmp_path):
