@@ -50,3 +50,37 @@ if args.stage in ("pretrain", "all"):
         seconds = run(cmd)
         commands[method] = {"command": " ".join(cmd), "seconds": round(seconds)}
     (out / "pretrain_commands.json").write_text(json.dumps(commands, indent=2))
+
+# %% Evaluation of every method and of a random-init encoder of the same preset
+if args.stage in ("evaluate", "all"):
+    sys.path.insert(0, str(ROOT / "python"))
+    from ace.evaluate import headline
+
+    quick = ["--quick"] if args.quick else []
+    rows, eval_commands = {}, {}
+    for method in ["random init"] + METHODS:
+        target = out / method.replace(" ", "_")
+        which = (["--random-init", args.preset] if method == "random init"
+                 else ["--checkpoint", str(target / "last.safetensors")])
+        cmd = ["ace", "evaluate", *which, "--data", str(JSRT), "--out", str(target / "eval"), *quick]
+        eval_commands[method] = {"command": " ".join(cmd), "seconds": round(run(cmd))}
+        rows[method] = headline(json.loads((target / "eval" / "metrics.json").read_text()))
+
+    # %% The comparison table, numbers only, with the commands that produced it
+    pre = json.loads((out / "pretrain_commands.json").read_text()) if (out / "pretrain_commands.json").exists() else {}
+    columns = list(next(iter(rows.values())))
+    lines = ["# Equal-budget comparison on JSRT (CPU scale)", "",
+             f"Encoder {args.preset}; every pretrained method: {args.steps} steps of batch {args.batch_size} "
+             f"on the 247 JSRT images, lr {args.lr} per 256 images, seed 0. Random init is the same "
+             "encoder untrained. Measured with `ace evaluate`" + (" --quick" if args.quick else "") + ".", "",
+             "| method | " + " | ".join(columns) + " |", "| --- |" + " --- |" * len(columns)]
+    for method, row in rows.items():
+        lines.append(f"| {method} | " + " | ".join("-" if v is None else f"{v:.3f}" for v in row.values()) + " |")
+    lines += ["", "Lower is better for the landmark error; higher for everything else.", "",
+              "## Commands", "", "```"]
+    lines += [f"{c['command']}    # {c['seconds']} s" for c in list(pre.values()) + list(eval_commands.values())]
+    lines += ["```", ""]
+    results = ROOT / "notebooks" / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "compare.md").write_text("\n".join(lines))
+    print("\n".join(lines))
