@@ -6,7 +6,7 @@ import numpy as np
 
 from . import _native
 from .errors import ACEError
-from .images import JSRT_MEAN, JSRT_STD, resize, to_channels, to_unit_float
+from .preprocess import JSRT_MEAN, JSRT_STD, resize, to_channels, to_unit_float
 
 PRESETS = ("vit_nano", "vit_tiny", "vit_small", "vit_base")
 

@@ -36,7 +36,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from .images import to_unit_float
+from .preprocess import to_unit_float
 
 __all__ = ["compositionality", "decompositionality", "retrieval", "landmark_correspondence",
            "landmark_embeddings", "symmetry", "linear_probe_classification", "segmentation", "dice"]

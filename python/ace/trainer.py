@@ -7,7 +7,7 @@ from . import _native
 from .config import PretrainConfig
 from .encoder import Encoder
 from .errors import ACEError
-from .images import to_channels, to_unit_float
+from .preprocess import to_channels, to_unit_float
 
 STAT_NAMES = ("loss", "global", "comp", "decomp", "lr", "wd", "momentum", "grad_norm", "step",
               "comp_acc", "decomp_acc")

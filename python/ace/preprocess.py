@@ -5,8 +5,8 @@ images are taken as already in [0, 1]. The encoder then standardizes with a fixe
 and std (by default the statistics of the JSRT radiographs).
 """
 import numpy as np
-from PIL import Image
 
+from .data.images import resize as resize_image
 from .errors import ACEError
 
 JSRT_MEAN = 0.757
@@ -56,12 +56,7 @@ def to_channels(images, in_chans, *, name="images"):
 
 
 def resize(x, size):
-    """(B, C, H, W) float32 -> (B, C, size, size), bilinear (Pillow), unchanged if already size."""
+    """(B, C, H, W) float32 -> (B, C, size, size), each image as `ace.data.resize` does."""
     if x.shape[2] == size and x.shape[3] == size:
         return x
-    out = np.empty(x.shape[:2] + (size, size), np.float32)
-    for b in range(x.shape[0]):
-        for c in range(x.shape[1]):
-            img = Image.fromarray(x[b, c], mode="F")
-            out[b, c] = np.asarray(img.resize((size, size), Image.BILINEAR), np.float32)
-    return out
+    return np.stack([np.stack([resize_image(channel, size) for channel in image]) for image in x])
