@@ -66,6 +66,15 @@ if args.stage in ("evaluate", "all"):
         eval_commands[method] = {"command": " ".join(cmd), "seconds": round(run(cmd))}
         rows[method] = headline(json.loads((target / "eval" / "metrics.json").read_text()))
 
+    # %% Figures across methods (Fig. 3 and Fig. 7 style), in the runs folder
+    import numpy as np
+    from ace import plots
+
+    arrays = {m: np.load(out / m.replace(" ", "_") / "eval" / "arrays.npz") for m in rows}
+    plots.compositionality_kde({m: a["compositionality"] for m, a in arrays.items()},
+                               out / "compositionality_by_method.png")
+    plots.error_boxplot({m: a["landmark_errors"] for m, a in arrays.items()}, out / "landmark_errors_by_method.png")
+
     # %% The comparison table, numbers only, with the commands that produced it
     pre = json.loads((out / "pretrain_commands.json").read_text()) if (out / "pretrain_commands.json").exists() else {}
     columns = list(next(iter(rows.values())))

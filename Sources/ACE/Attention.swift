@@ -28,7 +28,8 @@ public final class Attention {
         qkv.forward(x, into: qkvOut)
         probs.reshape([b, hN, t, t]); context.reshape([b, t, c])
         let base = qkvOut.data, ps = probs.data, ctx = context.data, s = scale
-        parallelWorkers(b * hN, minPerChunk: 1) { range, _ in for bh in range {
+        parallelWorkers(b * hN, minPerChunk: 1) { range, _ in
+          for bh in range {
             let bi = bh / hN, h = bh % hN
             let q = base + bi * t * 3 * c + h * d
             let k = q + c, v = q + 2 * c
@@ -36,7 +37,8 @@ public final class Attention {
             serialGemm(transB: true, m: t, n: t, k: d, alpha: s, a: q, lda: 3 * c, b: k, ldb: 3 * c, c: p)
             for r in 0..<t { softmaxRow(p + r * t, t) }
             serialGemm(m: t, n: d, k: t, a: p, b: v, ldb: 3 * c, c: ctx + bi * t * c + h * d, ldc: c)
-        } }
+          }
+        }
         proj.forward(context, into: y)
     }
 
@@ -47,7 +49,8 @@ public final class Attention {
         dScores.reshape([workerCount, t, t])
         let base = qkvOut.data, ps = probs.data, dctx = dContext.data, dq = dQKV.data
         let scratch = dScores.data, s = scale
-        parallelWorkers(b * hN, minPerChunk: 1) { range, worker in for bh in range {
+        parallelWorkers(b * hN, minPerChunk: 1) { range, worker in
+          for bh in range {
             let bi = bh / hN, h = bh % hN
             let q = base + bi * t * 3 * c + h * d
             let k = q + c, v = q + 2 * c
@@ -69,7 +72,8 @@ public final class Attention {
             // dQ = dS K, dK = dS^T Q.
             serialGemm(m: t, n: d, k: t, a: dp, b: k, ldb: 3 * c, c: gq, ldc: 3 * c)
             serialGemm(transA: true, m: t, n: d, k: t, a: dp, b: q, ldb: 3 * c, c: gk, ldc: 3 * c)
-        } }
+          }
+        }
         qkv.backward(dQKV, into: dx)
     }
 }

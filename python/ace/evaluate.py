@@ -24,7 +24,8 @@ def budget(quick):
 
 
 def run_suite(enc, data, out, *, quick=False, progress=True):
-    """All probes; returns the metrics dict and writes figures into `out`."""
+    """All probes; returns the metrics dict and writes figures and arrays.npz (per-trial
+    compositionality cosines and dense landmark errors) into `out`."""
     from tqdm import tqdm
 
     out = Path(out)
@@ -72,6 +73,9 @@ def run_suite(enc, data, out, *, quick=False, progress=True):
     metrics["landmarks_dense"]["per_structure"] = per_structure(results["landmarks_dense"]["per_landmark"])
     metrics["seconds"] = seconds
 
+    # Per-trial arrays for figures that compare encoders (see notebooks/compare_pretraining.py).
+    np.savez(out / "arrays.npz", compositionality=results["compositionality"]["cosines"],
+             landmark_errors=results["landmarks_dense"]["errors"])
     figures["compositionality"] = plots.compositionality_kde(
         {"this encoder": results["compositionality"]["cosines"]}, out / "compositionality_kde.png")
     emb = results["landmark_embeddings"]
