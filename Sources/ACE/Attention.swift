@@ -8,10 +8,11 @@ public final class Attention {
     private let qkvOut = Tensor([0])    // (B, T, 3C)
     private let probs = Tensor([0])     // (B, H, T, T) softmax rows
     private let context = Tensor([0])   // (B, T, C) heads concatenated
-    private let dContext = Tensor([0]), dQKV = Tensor([0]), dScores = Tensor([0])
+    private let scratch: BackwardScratch
     private var batch = 0, tokens = 0
 
-    public init(_ name: String, _ dim: Int, heads: Int) {
+    public init(_ name: String, _ dim: Int, heads: Int, scratch: BackwardScratch = BackwardScratch()) {
+        self.scratch = scratch
         self.dim = dim
         self.heads = heads
         headDim = dim / heads
@@ -44,6 +45,7 @@ public final class Attention {
 
     public func backward(_ dy: Tensor, into dx: Tensor) {
         let b = batch, t = tokens, c = dim, d = headDim, hN = heads
+        let (dContext, dQKV, dScores) = (scratch.dContext, scratch.dQKV, scratch.dScores)
         proj.backward(dy, into: dContext)
         dQKV.reshape([b, t, 3 * c])
         dScores.reshape([workerCount, t, t])

@@ -5,13 +5,15 @@ public final class Block {
     public let output = Tensor([0])
     private let n1 = Tensor([0]), a = Tensor([0]), mid = Tensor([0])
     private let n2 = Tensor([0]), m = Tensor([0])
-    private let dBranch = Tensor([0]), dNorm = Tensor([0]), dMid = Tensor([0])
+    private let scratch: BackwardScratch
 
-    public init(_ name: String, dim: Int, heads: Int, mlpRatio: Int, dropPath rate: Float) {
+    public init(_ name: String, dim: Int, heads: Int, mlpRatio: Int, dropPath rate: Float,
+                scratch: BackwardScratch = BackwardScratch()) {
+        self.scratch = scratch
         norm1 = LayerNorm("\(name).norm1", dim)
-        attn = Attention("\(name).attn", dim, heads: heads)
+        attn = Attention("\(name).attn", dim, heads: heads, scratch: scratch)
         norm2 = LayerNorm("\(name).norm2", dim)
-        mlp = MLP("\(name).mlp", dim, dim * mlpRatio)
+        mlp = MLP("\(name).mlp", dim, dim * mlpRatio, scratch: scratch)
         dropPath = DropPath(rate)
         dropPath2 = DropPath(rate)
     }
@@ -32,6 +34,7 @@ public final class Block {
 
     /// dy -> dx (may be the same tensor as dy).
     public func backward(_ dy: Tensor, into dx: Tensor) {
+        let (dMid, dBranch, dNorm) = (scratch.dMid, scratch.dBranch, scratch.dNorm)
         dMid.copy(from: dy)
         dropPath2.backwardBranch(dy, into: dBranch)
         mlp.backward(dBranch, into: dNorm)

@@ -3,9 +3,11 @@ public final class MLP {
     public let fc1: Linear, fc2: Linear
     private let act = GELU()
     private let h = Tensor([0]), a = Tensor([0])
-    private let da = Tensor([0]), dh = Tensor([0])
+    private let scratch: BackwardScratch
 
-    public init(_ name: String, _ inFeatures: Int, _ hidden: Int, _ outFeatures: Int? = nil) {
+    public init(_ name: String, _ inFeatures: Int, _ hidden: Int, _ outFeatures: Int? = nil,
+                scratch: BackwardScratch = BackwardScratch()) {
+        self.scratch = scratch
         fc1 = Linear("\(name).fc1", inFeatures, hidden)
         fc2 = Linear("\(name).fc2", hidden, outFeatures ?? inFeatures)
     }
@@ -19,8 +21,8 @@ public final class MLP {
     }
 
     public func backward(_ dy: Tensor, into dx: Tensor) {
-        fc2.backward(dy, into: da)
-        act.backward(da, into: dh)
-        fc1.backward(dh, into: dx)
+        fc2.backward(dy, into: scratch.dActivation)
+        act.backward(scratch.dActivation, into: scratch.dHidden)
+        fc1.backward(scratch.dHidden, into: dx)
     }
 }
