@@ -50,19 +50,10 @@ print(f"{args.steps} steps in {time.time() - start:.0f} s")
 os.makedirs(args.out, exist_ok=True)
 with open(os.path.join(args.out, "curves.json"), "w") as f:
     json.dump(history, f)
-import matplotlib
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+from ace.plots import loss_curves
 
+loss_curves(history, os.path.join(args.out, "curves.png"))
 keys = ["loss", "global", "comp", "decomp", "comp_acc", "decomp_acc"]
-fig, axes = plt.subplots(2, 3, figsize=(12, 6))
-for ax, key in zip(axes.flat, keys):
-    ax.plot([h[key] for h in history])
-    ax.set_title(key)
-    ax.set_xlabel("step")
-fig.tight_layout()
-fig.savefig(os.path.join(args.out, "curves.png"), dpi=80)
-
 first, last = history[:25], history[-25:]
 for key in keys:
     print(f"{key:10s} first 25 mean {np.mean([h[key] for h in first]):.4f}  last 25 mean {np.mean([h[key] for h in last]):.4f}")

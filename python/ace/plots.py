@@ -2,6 +2,7 @@
 
 matplotlib runs on the Agg backend, so figures can be written without a display.
 """
+import math
 import os
 
 import matplotlib
@@ -128,22 +129,27 @@ def error_boxplot(errors_by_name, path, by="method"):
     return _save(fig, path)
 
 
-def loss_curves(history, path, keys=("loss", "global", "comp", "decomp")):
-    """Loss terms over training steps, from a list of `Trainer.step` result dicts.
+def loss_curves(history, path, keys=("loss", "global", "comp", "decomp", "comp_acc", "decomp_acc")):
+    """Loss terms (and local matching accuracies) over training steps, one panel each with
+    its own scale, from a list of `Trainer.step` result dicts.
 
     The x axis is each entry's "step" (its position when absent); keys missing from the
     history or zero throughout (e.g. the local terms of a DINO-style run) are skipped.
     """
     steps = np.array([h.get("step", i) for i, h in enumerate(history)])
-    fig, ax = plt.subplots(figsize=(7, 4))
+    series = {}
     for key in keys:
         values = np.array([h.get(key, np.nan) for h in history], np.float64)
-        if np.all(np.isnan(values) | (values == 0)):
-            continue
-        ax.plot(steps, values, label=key)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_title("Pretraining losses")
-    if ax.lines:
-        ax.legend()
+        if not np.all(np.isnan(values) | (values == 0)):
+            series[key] = values
+    cols = min(3, max(1, len(series)))
+    rows = max(1, math.ceil(len(series) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False, layout="constrained")
+    for ax, (key, values) in zip(axes.flat, series.items()):
+        ax.plot(steps, values, lw=0.8)
+        ax.set_title(key)
+        ax.set_xlabel("step")
+    for ax in list(axes.flat)[len(series):]:
+        ax.axis("off")
+    fig.suptitle("Pretraining")
     return _save(fig, path)
