@@ -87,7 +87,11 @@ if args.stage in ("evaluate", "all"):
         lines.append(f"| {method} | " + " | ".join("-" if v is None else f"{v:.3f}" for v in row.values()) + " |")
     lines += ["", "Lower is better for the landmark error; higher for everything else.", "",
               "## Commands", "", "```"]
-    lines += [f"{c['command']}    # {c['seconds']} s" for c in list(pre.values()) + list(eval_commands.values())]
+    def relative(command):
+        """Paths as seen from the repository root, as the README's commands are."""
+        return command.replace(str(ROOT) + "/", "").replace(str(ROOT.parent) + "/", "../")
+
+    lines += [f"{relative(c['command'])}    # {c['seconds']} s" for c in list(pre.values()) + list(eval_commands.values())]
     lines += ["```", ""]
     results = ROOT / "notebooks" / "results"
     results.mkdir(parents=True, exist_ok=True)

@@ -104,7 +104,14 @@ public enum Safetensors {
             let (dtype, shape, offsets) = (info.dtype, info.shape, info.data_offsets)
             try require(dtype == "F32", "tensor '\(name)' in \(path) has dtype \(dtype); only F32 is supported")
             try require(shape.allSatisfy { $0 >= 0 }, "tensor '\(name)' in \(path) has a negative dimension")
-            let count = shape.reduce(1, *)
+            // A corrupt header may claim sizes whose product overflows: check, never trap.
+            var count = 1
+            for d in shape {
+                let (product, overflow) = count.multipliedReportingOverflow(by: d)
+                try require(!overflow && product <= dataLength / 4,
+                            "checkpoint \(path) is corrupt: tensor '\(name)' shape \(shape) exceeds the file")
+                count = product
+            }
             try require(offsets[0] >= 0 && offsets[1] == offsets[0] + 4 * count && offsets[1] <= dataLength,
                         "checkpoint \(path) is corrupt: tensor '\(name)' offsets \(offsets) do not fit shape \(shape) and \(dataLength) data bytes")
             var values = [Float](repeating: 0, count: count)

@@ -48,6 +48,16 @@ final class CheckpointTests: XCTestCase {
             }
         }
         XCTAssertThrowsError(try VisionTransformer.load(from: dir.appendingPathComponent("missing").path))
+
+        // A header whose shape product overflows Int.
+        let header = #"{"w":{"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,4]}}"#
+        var bytes = Data()
+        withUnsafeBytes(of: UInt64(header.utf8.count).littleEndian) { bytes.append(contentsOf: $0) }
+        bytes.append(Data(header.utf8))
+        bytes.append(Data(count: 4))
+        let p = dir.appendingPathComponent("overflow.safetensors").path
+        try bytes.write(to: URL(fileURLWithPath: p))
+        XCTAssertThrowsError(try Safetensors.read(p)) { e in XCTAssertTrue("\(e)".contains("exceeds"), "\(e)") }
     }
 
     func testMismatchedStateIsRejected() throws {
