@@ -121,6 +121,7 @@ def headline(metrics):
         "decomposition acc": metrics["decompositionality"]["accuracy"],
         "retrieval acc": metrics["retrieval"]["accuracy"],
         "landmark error px (dense)": metrics["landmarks_dense"]["mean_error"],
+        "same-coordinates error px": metrics["landmarks_dense"]["identity_error"],
         "landmark kNN acc": metrics["landmark_embeddings"]["accuracy"],
         "symmetry acc": metrics["symmetry"]["accuracy"],
         "nodule AUC": metrics["classification"]["auc"],
@@ -150,14 +151,16 @@ def write_report(path, title, source, metrics, figures, encoder_config):
         lines.append(f"| {label} | {f(r['accuracy'])} | {r['trials']} | {f(r['chance'])} |")
     lines.append(f"| landmark embedding silhouette | {f(m['landmark_embeddings']['silhouette'])} | - | 0 |")
     lines += ["", "## Zero-shot landmark correspondence (pixels of the input images)", "",
-              "| method | mean error | median error | pairs | right lung | left lung | heart |",
-              "| --- | --- | --- | --- | --- | --- | --- |"]
+              "| method | mean error | median error | pairs | right lung | left lung | heart | same coordinates |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for key in ("landmarks_dense", "landmarks_window"):
         if key in m:
             r = m[key]
             ps = per_structure(r["per_landmark"])
             lines.append(f"| {key.split('_')[1]} | {f(r['mean_error'])} | {f(r['median_error'])} | {r['pairs']} | "
-                         + " | ".join(f(ps[s]) for s in LANDMARK_ORDER) + " |")
+                         + " | ".join(f(ps[s]) for s in LANDMARK_ORDER) + f" | {f(r['identity_error'])} |")
+    lines += ["", "\"same coordinates\" is the error of predicting each landmark at its pixel position in the "
+              "query image: the reference an encoder must beat."]
     c = m["classification"]
     lines += ["", "## Transfer (frozen encoder)", "",
               f"Nodule classification, logistic regression on CLS features: AUC {f(c['auc'])}, accuracy "

@@ -319,8 +319,10 @@ def landmark_correspondence(enc, images, landmarks, method="dense", patch=64, st
     errors are NaN and left out of the means. Every image is the query against every
     other image, or `pairs` random ordered pairs are used.
 
-    Returns {"mean_error", "median_error", "per_landmark": (L,), "errors": (P, L),
-    "pairs": P, "pair_indices": (P, 2) query, key, "predicted": (P, L, 2) x, y in the key}.
+    Returns {"mean_error", "median_error", "identity_error" (the mean error of predicting
+    the query's own coordinates: a reference that uses no features), "per_landmark": (L,),
+    "errors": (P, L), "pairs": P, "pair_indices": (P, 2) query, key, "predicted": (P, L, 2)
+    x, y in the key}.
     """
     x = _as_images(images)
     lm = _as_landmarks(landmarks, x)
@@ -336,7 +338,10 @@ def landmark_correspondence(enc, images, landmarks, method="dense", patch=64, st
     else:
         raise ValueError(f"method must be 'dense' or 'window', got {method!r}")
     errors = np.linalg.norm(pred - lm[pair_idx[:, 1]], axis=-1)
+    # Reference without features: predict the query's own coordinates in the key image.
+    identity = np.linalg.norm(lm[pair_idx[:, 0]] - lm[pair_idx[:, 1]], axis=-1)
     return {"mean_error": float(_nanmean(errors)), "median_error": float(_nanmedian(errors)),
+            "identity_error": float(_nanmean(identity)),
             "per_landmark": _nanmean(errors, axis=0), "errors": errors, "pairs": len(pair_idx),
             "pair_indices": pair_idx, "predicted": pred}
 

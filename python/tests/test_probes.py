@@ -228,6 +228,8 @@ def test_dense_correspondence_of_position_features_is_the_landmark_displacement(
     # Landmark 2 lies half way between token centres, a point of the 4x finer search grid.
     np.testing.assert_array_equal(r["predicted"][first, :3], query[:3])
     np.testing.assert_allclose(r["errors"][first], [32.0, 0.0, 111.5 - 31.5, np.nan])
+    # Position features predict the query's coordinates: exactly the "same coordinates" reference.
+    assert r["identity_error"] == pytest.approx(r["mean_error"])
     assert np.isnan(r["per_landmark"][3])
     assert r["mean_error"] == pytest.approx(np.mean([32.0, 0.0, 80.0] * 2))
 
