@@ -9,15 +9,7 @@ extension VisionTransformer {
     }
 
     public static func config(fromJSON json: String) throws -> ViTConfig {
-        do {
-            let c = try JSONDecoder().decode(ViTConfig.self, from: Data(json.utf8))
-            try c.validate()
-            return c
-        } catch let e as ACEError {
-            throw e
-        } catch {
-            throw ACEError("invalid encoder config JSON: \(error)")
-        }
+        try decodeConfig(json, as: ViTConfig.self, what: "encoder") { try $0.validate() }
     }
 
     public func save(to path: String, extraMetadata: [String: String] = [:]) throws {
@@ -61,4 +53,17 @@ extension VisionTransformer {
             state[p.name]!.values.withUnsafeBufferPointer { p.value.data.update(from: $0.baseAddress!, count: p.count) }
         }
     }
+}
+
+/// Decodes and validates a config; decoding errors become an ACEError naming the config.
+func decodeConfig<T: Decodable>(_ json: String, as type: T.Type, what: String,
+                                validate: (T) throws -> Void) throws -> T {
+    let config: T
+    do {
+        config = try JSONDecoder().decode(T.self, from: Data(json.utf8))
+    } catch {
+        throw ACEError("invalid \(what) config JSON: \(error)")
+    }
+    try validate(config)
+    return config
 }

@@ -51,13 +51,5 @@ extension Trainer {
 }
 
 public func decodePretrainConfig(_ json: String) throws -> PretrainConfig {
-    do {
-        let config = try JSONDecoder().decode(PretrainConfig.self, from: Data(json.utf8))
-        try config.validate()
-        return config
-    } catch let e as ACEError {
-        throw e
-    } catch {
-        throw ACEError("invalid pretraining config JSON: \(error)")
-    }
+    try decodeConfig(json, as: PretrainConfig.self, what: "pretraining") { try $0.validate() }
 }

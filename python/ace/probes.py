@@ -173,24 +173,16 @@ def decompositionality(enc, images, batch=32, patch=None, trials=320, features="
 
     Returns {"accuracy", "trials", "chance": 1 / batch}.
     """
-    x = _as_images(images)
-    _check_batch(batch, len(x))
-    patch = _check_patch(patch, x.shape[1:])
-    rng = np.random.default_rng(seed)
-    full = _global_features(enc, x, features)
+    x, full, patch, rounds = _patch_rounds(enc, images, batch, patch, trials, features, seed)
     correct = []
-    for _ in range(math.ceil(trials / batch)):
-        idx = rng.choice(len(x), batch, replace=False)
-        origins = _random_origins(rng, batch, x.shape[1:], patch)
-        crops = _cut(x[idx], origins, patch)
+    for idx, origins, crops in rounds:
         excised = x[idx].copy()
         for im, (y, x0) in zip(excised, origins):
             im[y:y + patch, x0:x0 + patch] = im.mean()
         d = full[idx] - _global_features(enc, excised, features)
         sims = cosine_similarity(d, _global_features(enc, crops, features))
         correct.append(sims.argmax(axis=1) == np.arange(batch))
-    correct = np.concatenate(correct)
-    return {"accuracy": float(correct.mean()), "trials": int(correct.size), "chance": 1.0 / batch}
+    return _accuracy(correct, batch)
 
 
 def retrieval(enc, images, batch=32, patch=None, trials=320, features="cls", seed=0):
@@ -203,17 +195,34 @@ def retrieval(enc, images, batch=32, patch=None, trials=320, features="cls", see
 
     Returns {"accuracy", "trials", "chance": 1 / batch}.
     """
+    _, full, _, rounds = _patch_rounds(enc, images, batch, patch, trials, features, seed)
+    correct = []
+    for idx, _, crops in rounds:
+        sims = cosine_similarity(_global_features(enc, crops, features), full[idx])
+        correct.append(sims.argmax(axis=1) == np.arange(batch))
+    return _accuracy(correct, batch)
+
+
+def _patch_rounds(enc, images, batch, patch, trials, features, seed):
+    """Shared set-up of the round-based probes: the images, their embeddings, the patch
+    side, and a generator of rounds (indices of `batch` distinct images, patch origins,
+    the patches) until at least `trials` decisions."""
     x = _as_images(images)
     _check_batch(batch, len(x))
     patch = _check_patch(patch, x.shape[1:])
     rng = np.random.default_rng(seed)
     full = _global_features(enc, x, features)
-    correct = []
-    for _ in range(math.ceil(trials / batch)):
-        idx = rng.choice(len(x), batch, replace=False)
-        crops = _cut(x[idx], _random_origins(rng, batch, x.shape[1:], patch), patch)
-        sims = cosine_similarity(_global_features(enc, crops, features), full[idx])
-        correct.append(sims.argmax(axis=1) == np.arange(batch))
+
+    def rounds():
+        for _ in range(math.ceil(trials / batch)):
+            idx = rng.choice(len(x), batch, replace=False)
+            origins = _random_origins(rng, batch, x.shape[1:], patch)
+            yield idx, origins, _cut(x[idx], origins, patch)
+
+    return x, full, patch, rounds()
+
+
+def _accuracy(correct, batch):
     correct = np.concatenate(correct)
     return {"accuracy": float(correct.mean()), "trials": int(correct.size), "chance": 1.0 / batch}
 
