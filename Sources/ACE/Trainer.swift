@@ -75,7 +75,7 @@ public final class Trainer {
         momentumSchedule = CosineSchedule(base: Double(config.momentumTeacher), final: 1, totalSteps: total)
     }
 
-    /// Every tensor of the run, by checkpoint name, with whether it is a parameter value.
+    /// Every tensor of the run, by checkpoint name.
     public var namedTensors: [(String, Tensor)] {
         var out: [(String, Tensor)] = []
         out += student.parameters.map { ("student.\($0.name)", $0.value) }
@@ -209,7 +209,7 @@ public final class Trainer {
         for r in 0..<rows {
             let dst = out.data + r * c, base = tokens.data + r * t * c
             guard let mask = masks[r] else { dst.update(from: base, count: c); continue }
-            let inv = 1 / Float(mask.filter { $0 }.count)
+            let inv = meanWeight(mask)
             for (i, inside) in mask.enumerated() where inside {
                 let src = base + (1 + i) * c
                 for k in 0..<c { dst[k] += src[k] * inv }
@@ -225,7 +225,7 @@ public final class Trainer {
                 for k in 0..<c { base[k] += src[k] }
                 continue
             }
-            let inv = 1 / Float(mask.filter { $0 }.count)
+            let inv = meanWeight(mask)
             for (i, inside) in mask.enumerated() where inside {
                 let dst = base + (1 + i) * c
                 for k in 0..<c { dst[k] += src[k] * inv }
@@ -233,6 +233,9 @@ public final class Trainer {
         }
     }
 }
+
+/// 1 / (tokens in the mask): the weight of each token in its masked mean.
+private func meanWeight(_ mask: [Bool]) -> Float { 1 / Float(mask.lazy.filter { $0 }.count) }
 
 func copyValues(from source: [Parameter], to target: [Parameter]) {
     for (s, t) in zip(source, target) { t.value.data.update(from: s.value.data, count: s.count) }

@@ -38,6 +38,7 @@ class Encoder:
         self.std = float(std)
         if not self.std > 0:
             raise ACEError(f"std must be positive, got {std}")
+        self._config = json.loads(self._native.config_json())
         self._tensors = self._native.tensors()
         self._index = {name: i for i, (name, _) in enumerate(self._tensors)}
 
@@ -62,7 +63,8 @@ class Encoder:
 
     @property
     def config(self):
-        return json.loads(self._native.config_json())
+        """The encoder's settings (a copy: they are fixed at construction)."""
+        return dict(self._config)
 
     @property
     def num_params(self):
@@ -123,7 +125,7 @@ class Encoder:
             if x.dtype.kind not in "fiu":
                 raise ACEError(f"input has dtype {x.dtype}; expected float32")
             x = x.astype(np.float32)
-        cfg = self.config
+        cfg = self._config
         if x.ndim != 4:
             raise ACEError(f"input must be (B, in_chans, H, W), got shape {x.shape}")
         p = cfg["patch_size"]
@@ -135,7 +137,7 @@ class Encoder:
     def preprocess(self, images):
         """uint8/uint16/float images (B, H, W) or (B, H, W, C) -> normalized float32
         (B, in_chans, img_size, img_size)."""
-        cfg = self.config
+        cfg = self._config
         x = to_channels(to_unit_float(images), cfg["in_chans"])
         x = resize(x, cfg["img_size"])
         return (x - self.mean) / self.std
@@ -149,7 +151,7 @@ class Encoder:
             raise ACEError(f"images must be (B, H, W) or (B, H, W, C), got shape {images.shape}")
         if images.shape[0] == 0:
             raise ACEError("images are an empty batch")
-        cfg = self.config
+        cfg = self._config
         g = cfg["img_size"] // cfg["patch_size"]
         cls = np.empty((len(images), cfg["embed_dim"]), np.float32)
         tokens = np.empty((len(images), g, g, cfg["embed_dim"]), np.float32)
@@ -160,6 +162,6 @@ class Encoder:
         return cls, tokens
 
     def __repr__(self):
-        c = self.config
+        c = self._config
         return (f"Encoder({c['preset']!r}, in_chans={c['in_chans']}, img_size={c['img_size']}, "
                 f"params={self.num_params:,})")
