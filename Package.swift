@@ -17,9 +17,14 @@ let package = Package(
             pkgConfig: "openblas",
             providers: [.apt(["libopenblas-dev"])]
         ),
+        .systemLibrary(
+            name: "CZlib",
+            pkgConfig: "zlib",
+            providers: [.apt(["zlib1g-dev"])]
+        ),
         .target(
             name: "ACE",
-            dependencies: ["CBLAS"],
+            dependencies: ["CBLAS", "CZlib"],
             swiftSettings: fastFlags
         ),
         .target(

@@ -184,7 +184,8 @@ static PyObject *Encoder_backward(EncoderObject *self, PyObject *args) {
     if (!g) return NULL;
     int32_t status;
     Py_BEGIN_ALLOW_THREADS
-    status = ace_encoder_backward(self->handle, PyArray_DATA(g), PyArray_SIZE(g));
+    npy_intp *d = PyArray_DIMS(g);
+    status = ace_encoder_backward(self->handle, PyArray_DATA(g), d[0], d[1], d[2]);
     Py_END_ALLOW_THREADS
     Py_DECREF(g);
     if (status) return raise_core_error();
@@ -349,17 +350,20 @@ static PyObject *load_trainer(PyObject *mod, PyObject *args) {
 }
 
 /* A writable C-contiguous array of the given type, or NULL with ACEError set. */
-static void *out_buffer(PyObject *obj, int type, const char *what) {
+/* The data of a writable C-contiguous array of the given dtype; its element count goes to *len. */
+static void *out_buffer(PyObject *obj, int type, const char *what, int64_t *len) {
     if (!PyArray_Check(obj) || PyArray_TYPE((PyArrayObject *)obj) != type ||
         !PyArray_ISCARRAY((PyArrayObject *)obj)) {
         PyErr_Format(ACEError, "%s must be a writable C-contiguous array of the right dtype", what);
         return NULL;
     }
+    *len = PyArray_SIZE((PyArrayObject *)obj);
     return PyArray_DATA((PyArrayObject *)obj);
 }
 
 /* grid_crops(config_json, seed, count, boxes, o1, o2, t_comp, t_decomp, image, views1, views2):
- * fills the caller's arrays (sized by ace.crops from the config); image/views may be None. */
+ * fills the caller's arrays (sized by ace.crops from the config; the core checks every
+ * length); image/views may be None. */
 static PyObject *grid_crops(PyObject *mod, PyObject *args) {
     const char *json;
     unsigned long long seed;
@@ -368,21 +372,26 @@ static PyObject *grid_crops(PyObject *mod, PyObject *args) {
     if (!PyArg_ParseTuple(args, "sKLOOOOOOOO", &json, &seed, &count, &bo, &o1o, &o2o, &tco, &tdo,
                           &imo, &v1o, &v2o))
         return NULL;
-    void *boxes = out_buffer(bo, NPY_INT32, "boxes"), *o1 = out_buffer(o1o, NPY_UINT8, "o1"),
-         *o2 = out_buffer(o2o, NPY_UINT8, "o2"), *tc = out_buffer(tco, NPY_FLOAT32, "t_comp"),
-         *td = out_buffer(tdo, NPY_FLOAT32, "t_decomp");
-    if (!boxes || !o1 || !o2 || !tc || !td) return NULL;
+    int64_t len[8] = {0};
+    void *boxes, *o1, *o2, *tc, *td;
+    if (!(boxes = out_buffer(bo, NPY_INT32, "boxes", &len[0])) || !(o1 = out_buffer(o1o, NPY_UINT8, "o1", &len[1])) ||
+        !(o2 = out_buffer(o2o, NPY_UINT8, "o2", &len[2])) || !(tc = out_buffer(tco, NPY_FLOAT32, "t_comp", &len[3])) ||
+        !(td = out_buffer(tdo, NPY_FLOAT32, "t_decomp", &len[4])))
+        return NULL;
     float *image = NULL, *v1 = NULL, *v2 = NULL;
     if (imo != Py_None) {
-        image = out_buffer(imo, NPY_FLOAT32, "image");
-        v1 = out_buffer(v1o, NPY_FLOAT32, "views1");
-        v2 = out_buffer(v2o, NPY_FLOAT32, "views2");
-        if (!image || !v1 || !v2) return NULL;
+        if (!(image = out_buffer(imo, NPY_FLOAT32, "image", &len[5])) ||
+            !(v1 = out_buffer(v1o, NPY_FLOAT32, "views1", &len[6])) ||
+            !(v2 = out_buffer(v2o, NPY_FLOAT32, "views2", &len[7])))
+            return NULL;
     }
-    if (ace_grid_crops(json, seed, count, boxes, o1, o2, tc, td, image, v1, v2)) return raise_core_error();
+    int32_t status;
+    Py_BEGIN_ALLOW_THREADS
+    status = ace_grid_crops(json, seed, count, boxes, o1, o2, tc, td, image, v1, v2, len);
+    Py_END_ALLOW_THREADS
+    if (status) return raise_core_error();
     Py_RETURN_NONE;
 }
-
 
 static PyObject *load_encoder(PyObject *mod, PyObject *args) {
     PyObject *path_obj;

@@ -36,11 +36,12 @@ int32_t ace_encoder_forward_features(void *encoder, const float *x, int64_t batc
                                      int64_t channels, int64_t height, int64_t width,
                                      float *out, int64_t out_count);
 
-/* Fine-tuning: a training forward (drop path on), backward of d loss / d output
- * (accumulating parameter gradients), and an AdamW update that zeroes them. */
+/* Fine-tuning: a training forward (drop path on), backward of d loss / d output (its shape
+ * must be the output's; accumulates parameter gradients), and an AdamW update that zeroes them. */
 int32_t ace_encoder_forward_train(void *encoder, const float *x, int64_t batch, int64_t channels,
                                   int64_t height, int64_t width, float *out, int64_t out_count);
-int32_t ace_encoder_backward(void *encoder, const float *d_out, int64_t count);
+int32_t ace_encoder_backward(void *encoder, const float *d_out, int64_t batch, int64_t tokens,
+                             int64_t channels);
 int32_t ace_encoder_adamw_step(void *encoder, float lr, float weight_decay);
 
 /* Pretraining runs (ACE and the DINO baseline). */
@@ -59,10 +60,11 @@ int32_t ace_trainer_encoder(void *trainer, int32_t which, void **out);
 
 /* Grid crops for inspection; buffers sized by the caller from the config (N = fine_cells^2):
  * boxes count x 8, o1 / o2 count x N, t_comp count x N x N/4, t_decomp count x N x 4N;
- * image (image_size^2) and views (count x input_size^2) may be NULL. */
+ * image (image_size^2) and views (count x input_size^2) may be NULL. lengths: the element
+ * counts of the eight buffers in that order, checked before anything is written. */
 int32_t ace_grid_crops(const char *config_json, uint64_t seed, int64_t count, int32_t *boxes,
                        uint8_t *o1, uint8_t *o2, float *t_comp, float *t_decomp,
-                       const float *image, float *views1, float *views2);
+                       const float *image, float *views1, float *views2, const int64_t *lengths);
 
 /* The composition/decomposition loss on given arrays: teacher (B, N, C), z (B, Nz, C),
  * targets (B, N, Nz) -> mean loss, matching accuracy (rows with a target whose best

@@ -48,10 +48,13 @@ public final class Attention {
         let (dContext, dQKV, dScores) = (scratch.dContext, scratch.dQKV, scratch.dScores)
         proj.backward(dy, into: dContext)
         dQKV.reshape([b, t, 3 * c])
-        dScores.reshape([workerCount, t, t])
+        // One scratch slice per worker: read the worker count once, so a concurrent
+        // set_num_threads cannot make the split exceed the slices.
+        let workers = workerCount
+        dScores.reshape([workers, t, t])
         let base = qkvOut.data, ps = probs.data, dctx = dContext.data, dq = dQKV.data
         let scratch = dScores.data, s = scale
-        parallelWorkers(b * hN, minPerChunk: 1) { range, worker in
+        parallelWorkers(b * hN, minPerChunk: 1, workers: workers) { range, worker in
           for bh in range {
             let bi = bh / hN, h = bh % hN
             let q = base + bi * t * 3 * c + h * d

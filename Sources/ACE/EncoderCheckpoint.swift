@@ -3,10 +3,7 @@ import Glibc
 
 /// Encoder checkpoints: timm-named F32 tensors, the config JSON in the metadata.
 extension VisionTransformer {
-    public var configJSON: String {
-        let data = (try? JSONEncoder().encode(config)) ?? Data()
-        return String(decoding: data, as: UTF8.self)
-    }
+    public var configJSON: String { canonicalJSON(config) }
 
     public static func config(fromJSON json: String) throws -> ViTConfig {
         try decodeConfig(json, as: ViTConfig.self, what: "encoder") { try $0.validate() }
@@ -27,7 +24,13 @@ extension VisionTransformer {
         guard let json = isRun ? metadata["encoder_config"] : metadata["config"] else {
             throw ACEError("checkpoint \(path) has no encoder config in its metadata")
         }
-        let model = try VisionTransformer(try config(fromJSON: json))
+        let cfg = try config(fromJSON: json)
+        let stored = entries.values.reduce(0.0) { $0 + Double($1.values.count) }
+        // Build nothing much larger than the file: a forged config could ask for any size. (Close
+        // mismatches are named tensor by tensor by loadState.)
+        try require(cfg.parameterCount <= 2 * stored,
+                    "checkpoint \(path) is corrupt: its config describes \(Int(cfg.parameterCount)) weights, the file holds \(Int(stored))")
+        let model = try VisionTransformer(cfg)
         var state: [String: (shape: [Int], values: [Float])] = [:]
         for (name, e) in entries {
             if !isRun { state[name] = (e.shape, e.values) } else if name.hasPrefix("teacher.") {
@@ -55,15 +58,40 @@ extension VisionTransformer {
     }
 }
 
+/// A config as JSON with sorted keys, so equal configs give equal bytes (and checkpoints of
+/// equal runs are byte-identical).
+public func canonicalJSON<T: Encodable>(_ value: T) -> String {
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.sortedKeys]
+    return String(decoding: (try? encoder.encode(value)) ?? Data(), as: UTF8.self)
+}
+
 /// Decodes and validates a config; decoding errors become an ACEError naming the config.
 func decodeConfig<T: Decodable>(_ json: String, as type: T.Type, what: String,
                                 validate: (T) throws -> Void) throws -> T {
     let config: T
     do {
         config = try JSONDecoder().decode(T.self, from: Data(json.utf8))
+    } catch let error as DecodingError {
+        throw ACEError("invalid \(what) config: \(describe(error))")
     } catch {
         throw ACEError("invalid \(what) config JSON: \(error)")
     }
     try validate(config)
     return config
+}
+
+/// "field 'grid.window': expected Int" rather than the decoder's debug dump.
+private func describe(_ error: DecodingError) -> String {
+    func field(_ path: [CodingKey]) -> String {
+        path.isEmpty ? "the top level" : "field '" + path.map { $0.intValue.map(String.init) ?? $0.stringValue }
+            .joined(separator: ".") + "'"
+    }
+    switch error {
+    case .typeMismatch(let type, let c): return "\(field(c.codingPath)) must be of type \(type)"
+    case .valueNotFound(let type, let c): return "\(field(c.codingPath)) is null; expected \(type)"
+    case .keyNotFound(let key, let c): return "\(field(c.codingPath + [key])) is missing"
+    case .dataCorrupted(let c): return "\(field(c.codingPath)): \(c.debugDescription)"
+    @unknown default: return "\(error)"
+    }
 }

@@ -49,6 +49,10 @@ public struct GridConfig: Codable, Equatable {
     public var decomposed: Int { coarseCells * coarseCells }
 
     public func validate(patch: Int) throws {
+        try Limits.require(imageSize, in: 1...Limits.gridImageSide, "grid.image_size")
+        try Limits.require(gridCells, in: 1...imageSize, "grid.grid_cells")
+        try Limits.require(inputSize, in: 1...Limits.inputSide, "grid.input_size")
+        try Limits.require(window, in: 1...(4 * fineCells + 1), "grid.window")
         try require(gridCells > 0 && imageSize > 0 && imageSize % gridCells == 0,
                     "image_size \(imageSize) must be a positive multiple of grid_cells \(gridCells)")
         try require(fineCells >= 2 && fineCells % 2 == 0, "fine_cells must be even and at least 2, got \(fineCells)")
@@ -58,7 +62,8 @@ public struct GridConfig: Codable, Equatable {
         try require(minOverlap >= 1 && 2 * minOverlap <= fineCells,
                     "min_overlap must be in 1...\(fineCells / 2) C2 tokens, got \(minOverlap)")
         try require(window >= 1 && window % 2 == 1, "window must be odd and positive, got \(window)")
-        try require(sigma > 0, "sigma must be positive")
+        // Targets are exp(-d^2 / (2 sigma^2)): a sigma whose square underflows makes them NaN.
+        try require(sigma >= 1e-3 && sigma <= 1e3, "grid.sigma must be in [0.001, 1000] token units, got \(sigma)")
     }
 }
 

@@ -18,10 +18,12 @@ public func parallelChunks(_ n: Int, minPerChunk: Int = 16, _ body: (Range<Int>)
     parallelWorkers(n, minPerChunk: minPerChunk) { range, _ in body(range) }
 }
 
-/// As parallelChunks, also telling each chunk its worker index (for per-worker scratch).
+/// As parallelChunks, also telling each chunk its worker index (below `workers`, for
+/// per-worker scratch sized by the caller).
 @inline(__always)
-public func parallelWorkers(_ n: Int, minPerChunk: Int = 16, _ body: (Range<Int>, Int) -> Void) {
-    let chunks = min(workerCount, max(1, n / max(minPerChunk, 1)))
+public func parallelWorkers(_ n: Int, minPerChunk: Int = 16, workers: Int = workerCount,
+                            _ body: (Range<Int>, Int) -> Void) {
+    let chunks = min(workers, max(1, n / max(minPerChunk, 1)))
     if chunks <= 1 { body(0..<n, 0); return }
     DispatchQueue.concurrentPerform(iterations: chunks) { c in
         body((n * c / chunks)..<(n * (c + 1) / chunks), c)

@@ -58,10 +58,20 @@ public struct PretrainConfig: Codable, Equatable {
         let known: Set = ["global", "comp", "decomp"]
         try require(losses.allSatisfy(known.contains) && !losses.isEmpty,
                     "losses must be a non-empty subset of global, comp, decomp; got \(losses)")
-        try require(batchSize >= 1 && epochs >= 1 && stepsPerEpoch >= 1,
-                    "batch_size, epochs and steps_per_epoch must be positive")
-        try require(localHidden >= 0 && headHidden >= 1 && headBottleneck >= 1 && headPrototypes >= 1,
-                    "head sizes must be positive")
+        try Limits.require(batchSize, in: 1...Limits.batch, "batch_size")
+        try Limits.require(epochs, in: 1...Limits.steps, "epochs")
+        try Limits.require(stepsPerEpoch, in: 1...Limits.steps, "steps_per_epoch")
+        let (total, overflow) = epochs.multipliedReportingOverflow(by: stepsPerEpoch)
+        try require(!overflow && total <= Limits.steps,
+                    "epochs x steps_per_epoch (\(epochs) x \(stepsPerEpoch)) exceeds the limit of \(Limits.steps) steps")
+        try Limits.require(freezeLastLayerEpochs, in: 0...epochs, "freeze_last_layer_epochs")
+        try Limits.require(localHidden, in: 0...Limits.width, "local_hidden")
+        try Limits.require(headHidden, in: 1...Limits.width, "head_hidden")
+        try Limits.require(headBottleneck, in: 1...Limits.width, "head_bottleneck")
+        try Limits.require(headPrototypes, in: 1...Limits.prototypes, "head_prototypes")
+        for (name, value) in floatSettings {
+            try require(value.isFinite, "\(name) must be a finite number, got \(value)")
+        }
         try require(studentTemp > 0 && teacherTemp > 0 && logitScale > 0, "temperatures and logit_scale must be positive")
         try require((0...1).contains(centerMomentum) && (0...1).contains(momentumTeacher), "momenta must be in [0, 1]")
         try require((0...1).contains(alphaComp) && (0...1).contains(alphaDecomp), "alpha_comp and alpha_decomp must be in [0, 1]")
@@ -70,6 +80,36 @@ public struct PretrainConfig: Codable, Equatable {
         try require(["per_tensor", "global"].contains(clipMode), "clip_mode must be 'per_tensor' or 'global', got '\(clipMode)'")
         try require(std > 0, "std must be positive")
         try require(dinoScaleMin > 0 && dinoScaleMin <= dinoScaleMax && dinoScaleMax <= 1, "dino scale must satisfy 0 < min <= max <= 1")
+        try Limits.requireMemory(trainingBytes(encoderConfig),
+                                 for: "a pretraining run with this config (\(encoder), batch \(batchSize), \(headPrototypes) prototypes)")
+    }
+
+    /// Every float setting by its JSON name (for the finiteness check).
+    var floatSettings: [(String, Float)] {
+        [("drop_path", dropPath), ("global_weight", globalWeight), ("comp_weight", compWeight),
+         ("decomp_weight", decompWeight), ("alpha_comp", alphaComp), ("alpha_decomp", alphaDecomp),
+         ("logit_scale", logitScale), ("student_temp", studentTemp), ("teacher_temp", teacherTemp),
+         ("center_momentum", centerMomentum), ("lr", lr), ("min_lr", minLR), ("warmup_fraction", warmupFraction),
+         ("weight_decay", weightDecay), ("weight_decay_end", weightDecayEnd), ("momentum_teacher", momentumTeacher),
+         ("clip_grad", clipGrad), ("mean", mean), ("std", std), ("dino_scale_min", dinoScaleMin),
+         ("dino_scale_max", dinoScaleMax), ("grid.sigma", grid.sigma)]
+    }
+
+    /// An upper estimate of a run's memory: student (weights, gradients, two AdamW moments),
+    /// teacher, local and DINO heads likewise, the activations of both encoders on 2B views,
+    /// the heads' logits and the local targets. In floating point: absurd settings cannot overflow.
+    func trainingBytes(_ enc: ViTConfig) -> Double {
+        let c = Double(enc.embedDim), hidden = Double(localHidden > 0 ? localHidden : 4 * enc.embedDim)
+        let (h, k, bn) = (Double(headHidden), Double(headPrototypes), Double(headBottleneck))
+        let headParams = c * h + h * h + h * bn + bn * k
+        let localParams = 2 * (4 * c * hidden + hidden * c)
+        let weights = 5 * enc.parameterCount + 5 * headParams + 4 * localParams
+        let views = 2 * batchSize
+        let activations = 2 * enc.activationBytes(batch: views, height: grid.inputSize, width: grid.inputSize) / 4
+        let n = Double(grid.tokens), b = Double(batchSize)
+        let heads = Double(views) * 4 * (2 * h + bn + 3 * k)
+        let local = b * (n * n / 4 + 4 * n * n) * 3 + b * 5 * n * c * 4
+        return 4 * (weights + activations + heads + local)
     }
 
     public var encoderConfig: ViTConfig {

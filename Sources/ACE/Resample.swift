@@ -140,10 +140,18 @@ func resampleBox(_ src: UnsafePointer<Float>, stride: Int, box: (x: Int, y: Int,
     case (true, false):
         resampleColumns(origin, srcStride: stride, width: box.w, taps: ty, dst)
     case (false, false):
-        let tmp = UnsafeMutablePointer<Float>.allocate(capacity: box.h * outWidth)
+        // Rows first; columns first only when that intermediate would be far smaller (a very
+        // tall image), so ordinary images keep one fixed, reproducible order.
+        let rowsFirst = box.h * outWidth <= (1 << 26) || box.h * outWidth <= outHeight * box.w
+        let tmp = UnsafeMutablePointer<Float>.allocate(capacity: rowsFirst ? box.h * outWidth : outHeight * box.w)
         defer { tmp.deallocate() }
-        resampleRows(origin, srcStride: stride, rows: box.h, taps: tx, tmp)
-        resampleColumns(tmp, srcStride: outWidth, width: outWidth, taps: ty, dst)
+        if rowsFirst {
+            resampleRows(origin, srcStride: stride, rows: box.h, taps: tx, tmp)
+            resampleColumns(tmp, srcStride: outWidth, width: outWidth, taps: ty, dst)
+        } else {
+            resampleColumns(origin, srcStride: stride, width: box.w, taps: ty, tmp)
+            resampleRows(tmp, srcStride: box.w, rows: outHeight, taps: tx, dst)
+        }
     }
 }
 
@@ -189,6 +197,10 @@ public func resizeImage(_ src: UnsafePointer<Float>, width: Int, height: Int,
 private func checkResample(width: Int, height: Int, outWidth: Int, outHeight: Int) throws {
     try require(width > 0 && height > 0, "image size must be positive, got \(width) x \(height)")
     try require(outWidth > 0 && outHeight > 0, "output size must be positive, got \(outWidth) x \(outHeight)")
+    try require(width <= Limits.imageSide && height <= Limits.imageSide && width * height <= Limits.imagePixels,
+                "image size \(width) x \(height) exceeds the limits (\(Limits.imageSide) px per side, \(Limits.imagePixels) pixels)")
+    try require(outWidth <= Limits.gridImageSide && outHeight <= Limits.gridImageSide,
+                "output size \(outWidth) x \(outHeight) exceeds the limit of \(Limits.gridImageSide) px per side")
     // Pixel counts and the integer area overlaps (index * length) must not overflow.
     for (a, b) in [(width, height), (outWidth, outHeight), (width, outWidth + 1), (height, outHeight + 1),
                    (height, outWidth)] {

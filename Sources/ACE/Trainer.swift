@@ -95,20 +95,42 @@ public final class Trainer {
     // MARK: - The training step
 
     /// images: (B, height, width) floats in [0, 1]. Builds the views, runs one update.
+    ///
+    /// A step is a transaction: the losses and the gradient norm are checked before anything
+    /// is committed (weights, AdamW moments, step counter, generator, center). A step that
+    /// fails throws and leaves the run exactly as it was.
     public func step(images: UnsafePointer<Float>, batch b: Int, height: Int, width: Int) throws -> Stats {
-        try require(b >= 1, "empty batch")
-        try require(height >= 1 && width >= 1, "images must have positive height and width")
+        try checkImages(batch: b, height: height, width: width)
         let count = b * height * width
         for i in 0..<count where !images[i].isFinite {
             throw ACEError("images contain NaN or infinite values")
         }
+        let startRNG = rng
+        do {
+            return try update(images, batch: b, height: height, width: width)
+        } catch {
+            rng = startRNG
+            for p in optimizer.parameters { p.grad.zero() }
+            throw error
+        }
+    }
+
+    /// Refuses batch shapes beyond the limits before anything is allocated for them.
+    public func checkImages(batch b: Int, height: Int, width: Int) throws {
+        try Limits.require(b, in: 1...Limits.batch, "batch size")
+        try Limits.require(height, in: 1...Limits.imageSide, "image height")
+        try Limits.require(width, in: 1...Limits.imageSide, "image width")
+        try require(height * width <= Limits.imagePixels,
+                    "images of \(height) x \(width) exceed the limit of \(Limits.imagePixels) pixels")
+    }
+
+    private func update(_ images: UnsafePointer<Float>, batch b: Int, height: Int, width: Int) throws -> Stats {
         let crops = try makeViews(images, batch: b, height: height, width: width)
         let n = config.grid.side, tokens = 1 + n * n, c = student.config.embedDim
 
         var stepRNG = rng
         let s = try student.forward(views, training: true, rng: &stepRNG)
         let t = try teacher.forward(views)
-        rng = stepRNG
 
         dTokens.reshape([2 * b, tokens, c]); dTokens.zero()
         var stats = Stats()
@@ -140,15 +162,30 @@ public final class Trainer {
                                       weight: weight, dStudent: dLogits)
             head.backward(dLogits, into: dPooled)
             unpool(dPooled, masks: masks, into: dTokens)
-            GlobalLoss.updateCenter(center, teacher: teacherLogits, momentum: config.centerMomentum)
         }
         stats.loss = Double(config.objective == "dino" ? 1 : config.globalWeight) * stats.global
             + Double(config.compWeight) * stats.comp + Double(config.decompWeight) * stats.decomp
 
+        for (name, value) in [("global", stats.global), ("composition", stats.comp), ("decomposition", stats.decomp)]
+        where !value.isFinite {
+            throw ACEError("the \(name) loss became \(value) at step \(step + 1); the run was not updated. "
+                           + "Check the loss settings (student_temp \(config.studentTemp), teacher_temp "
+                           + "\(config.teacherTemp), logit_scale \(config.logitScale), grid.sigma \(config.grid.sigma)) "
+                           + "or lower the learning rate")
+        }
         student.backward(dTokens)
         if step < config.freezeLastLayerEpochs * config.stepsPerEpoch { head.lastLayer.grad.zero() }
         stats.gradNorm = Double(clipGradients(optimizer.parameters, maxNorm: config.clipGrad,
                                               perTensor: config.clipMode == "per_tensor"))
+        try require(stats.gradNorm.isFinite,
+                    "the gradient norm became \(stats.gradNorm) at step \(step + 1) (loss \(stats.loss)); the run was not "
+                    + "updated. Check the loss settings (student_temp \(config.studentTemp), teacher_temp "
+                    + "\(config.teacherTemp), logit_scale \(config.logitScale)) or lower the learning rate")
+        // Commit: nothing below can fail.
+        rng = stepRNG
+        if config.usesGlobal {
+            GlobalLoss.updateCenter(center, teacher: teacherHead.logits, momentum: config.centerMomentum)
+        }
         stats.lr = lrSchedule(step); stats.wd = wdSchedule(step); stats.momentum = momentumSchedule(step)
         optimizer.step(lr: Float(stats.lr), weightDecay: Float(stats.wd))
         for p in optimizer.parameters { p.grad.zero() }
@@ -158,7 +195,6 @@ public final class Trainer {
         }
         step += 1
         stats.step = step
-        try require(stats.loss.isFinite, "the loss became \(stats.loss) at step \(step); lower the learning rate")
         return stats
     }
 

@@ -7,8 +7,8 @@ extension Trainer {
     public static let checkpointFormat = "ace-trainer"
 
     public func save(to path: String) throws {
-        let configJSON = String(decoding: try JSONEncoder().encode(config), as: UTF8.self)
-        let encoderJSON = String(decoding: try JSONEncoder().encode(teacher.config), as: UTF8.self)
+        let configJSON = canonicalJSON(config)
+        let encoderJSON = canonicalJSON(teacher.config)
         let s = rng.state
         let metadata = [
             "format": Self.checkpointFormat,
@@ -32,6 +32,15 @@ extension Trainer {
             throw ACEError("training checkpoint \(path) is missing its config, step, adam_t or rng metadata")
         }
         let config = try decodePretrainConfig(json)
+        try require((0...config.totalSteps).contains(step),
+                    "training checkpoint \(path) is corrupt: step \(step) is outside 0...\(config.totalSteps)")
+        try require((0...step).contains(adamT),
+                    "training checkpoint \(path) is corrupt: adam_t \(adamT) is outside 0...\(step)")
+        try require(words.contains { $0 != 0 }, "training checkpoint \(path) is corrupt: its generator state is all zero")
+        let stored = entries.values.reduce(0.0) { $0 + Double($1.values.count) }
+        let needed = 2 * (try config.encoderConfig).parameterCount
+        try require(needed <= stored,
+                    "training checkpoint \(path) is corrupt: its config describes at least \(Int(needed)) values, the file holds \(Int(stored))")
         let trainer = try Trainer(config, seed: 0)
         let tensors = trainer.namedTensors
         let expected = Set(tensors.map(\.0)), given = Set(entries.keys)

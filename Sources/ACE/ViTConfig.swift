@@ -35,13 +35,35 @@ public struct ViTConfig: Codable, Equatable {
     }
 
     public func validate() throws {
-        try require(embedDim > 0 && depth > 0 && numHeads > 0 && embedDim % numHeads == 0,
+        try Limits.require(embedDim, in: 1...Limits.width, "embed_dim")
+        try Limits.require(depth, in: 1...Limits.depth, "depth")
+        try Limits.require(numHeads, in: 1...embedDim, "num_heads")
+        try Limits.require(mlpRatio, in: 1...64, "mlp_ratio")
+        try Limits.require(patchSize, in: 1...256, "patch_size")
+        try Limits.require(imgSize, in: 1...Limits.inputSide, "img_size")
+        try require(embedDim % numHeads == 0,
                     "embed_dim \(embedDim) must be a positive multiple of num_heads \(numHeads)")
         try require(inChans == 1 || inChans == 3, "in_chans must be 1 or 3, got \(inChans)")
         try require(patchSize > 0 && imgSize >= patchSize && imgSize % patchSize == 0,
                     "img_size \(imgSize) must be a positive multiple of patch_size \(patchSize)")
-        try require(mlpRatio > 0, "mlp_ratio must be positive")
         try require(dropPath >= 0 && dropPath < 1, "drop_path must be in [0, 1), got \(dropPath)")
+        try Limits.requireMemory(4 * 3 * parameterCount, for: "a \(preset) encoder (embed_dim \(embedDim), depth \(depth))")
+    }
+
+    /// Number of weights, as a Double so absurd configs cannot overflow it.
+    public var parameterCount: Double {
+        let c = Double(embedDim), hidden = Double(mlpRatio) * c, t = Double(grid * grid + 1)
+        let perBlock = 4 * c + (3 * c * c + 3 * c) + (c * c + c) + (c * hidden + hidden) + (hidden * c + c)
+        return t * c + c + c * Double(inChans * patchSize * patchSize) + c + Double(depth) * perBlock + 2 * c
+    }
+
+    /// Bytes of the activations a forward of `batch` images of height x width keeps (per block:
+    /// the normed input, qkv, context, attention probabilities, MLP hidden and activation, and
+    /// the residual stream), an upper estimate used to refuse inputs this machine cannot hold.
+    public func activationBytes(batch: Int, height: Int, width: Int) -> Double {
+        let t = Double(height / patchSize) * Double(width / patchSize) + 1, c = Double(embedDim)
+        let perBlock = Double(batch) * t * ((8 + 2 * Double(mlpRatio)) * c + Double(numHeads) * t)
+        return 4 * (Double(depth) + 2) * perBlock
     }
 
     public var grid: Int { imgSize / patchSize }

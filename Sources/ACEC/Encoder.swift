@@ -191,9 +191,10 @@ private func runForward(_ h: UnsafeMutableRawPointer?, _ x: UnsafePointer<Float>
                         _ out: UnsafeMutablePointer<Float>?, _ outCount: Int64, training: Bool) throws {
     let e = try encoder(h)
     guard let x, let out else { throw ACEError("null input or output") }
-    guard shape.allSatisfy({ $0 >= 0 }) else { throw ACEError("negative input dimension") }
+    let dims = shape.map { Int($0) }
+    try e.model.checkInputShape(dims)
     try e.locked {
-        let input = Tensor(shape.map { Int($0) })
+        let input = Tensor(dims)
         input.data.update(from: x, count: input.count)
         // Any forward replaces the activations a pending backward would need.
         e.lastOutputCount = 0
@@ -206,20 +207,25 @@ private func runForward(_ h: UnsafeMutableRawPointer?, _ x: UnsafePointer<Float>
     }
 }
 
-/// Accumulates parameter gradients for d loss / d output of the last training forward.
+/// Accumulates parameter gradients for d loss / d output of the last training forward;
+/// dy's shape (B, T, C) must be that output's shape.
 @_cdecl("ace_encoder_backward")
-public func ace_encoder_backward(_ h: UnsafeMutableRawPointer?, _ dy: UnsafePointer<Float>?, _ count: Int64) -> Int32 {
+public func ace_encoder_backward(_ h: UnsafeMutableRawPointer?, _ dy: UnsafePointer<Float>?,
+                                 _ b: Int64, _ t: Int64, _ c: Int64) -> Int32 {
     guarded {
         let e = try encoder(h)
         guard let dy else { throw ACEError("null gradient") }
         try e.locked {
             guard e.lastOutputCount > 0 else { throw ACEError("backward needs a training forward first") }
-            guard Int64(e.lastOutputCount) == count else {
-                throw ACEError("gradient has \(count) values, the last training forward produced \(e.lastOutputCount)")
+            let expected = e.model.output.shape
+            guard [b, t, c] == expected.map({ Int64($0) }) else {
+                throw ACEError("gradient has shape (\(b), \(t), \(c)), the last training forward produced "
+                               + "(\(expected.map(String.init).joined(separator: ", ")))")
             }
-            for i in 0..<Int(count) where !dy[i].isFinite { throw ACEError("gradient contains NaN or infinite values") }
-            let grad = Tensor(e.model.output.shape)
-            grad.data.update(from: dy, count: Int(count))
+            let count = e.lastOutputCount
+            for i in 0..<count where !dy[i].isFinite { throw ACEError("gradient contains NaN or infinite values") }
+            let grad = Tensor(expected)
+            grad.data.update(from: dy, count: count)
             e.model.backward(grad)
             e.lastOutputCount = 0
         }

@@ -10,7 +10,7 @@ final class TrainerHandle {
 
     init(_ trainer: Trainer) throws {
         self.trainer = trainer
-        configJSON = strdup(String(decoding: try JSONEncoder().encode(trainer.config), as: UTF8.self))
+        configJSON = strdup(canonicalJSON(trainer.config))
     }
 
     deinit { free(configJSON) }
@@ -96,20 +96,30 @@ public func ace_trainer_encoder(_ h: UnsafeMutableRawPointer?, _ which: Int32,
 /// Samples `count` grid crops with a generator seeded by `seed`, for inspection. Per crop:
 /// boxes[8] = C1 (x0, y0, x1, y1), C2 (x0, y0, x1, y1); o1, o2 (N each); t_comp (N x N/4);
 /// t_decomp (N x 4N), N = fine_cells^2. When image (S x S, S = image_size) is given, the
-/// un-augmented views (input x input each) are written to views1 / views2.
+/// un-augmented views (input x input each) are written to views1 / views2. `lengths` holds the
+/// element counts of the eight buffers (boxes, o1, o2, t_comp, t_decomp, image, views1,
+/// views2), checked against what the config needs before anything is written.
 @_cdecl("ace_grid_crops")
 public func ace_grid_crops(_ json: UnsafePointer<CChar>?, _ seed: UInt64, _ count: Int64,
                            _ boxes: UnsafeMutablePointer<Int32>?, _ o1: UnsafeMutablePointer<UInt8>?,
                            _ o2: UnsafeMutablePointer<UInt8>?, _ tComp: UnsafeMutablePointer<Float>?,
                            _ tDecomp: UnsafeMutablePointer<Float>?, _ image: UnsafePointer<Float>?,
-                           _ views1: UnsafeMutablePointer<Float>?, _ views2: UnsafeMutablePointer<Float>?) -> Int32 {
+                           _ views1: UnsafeMutablePointer<Float>?, _ views2: UnsafeMutablePointer<Float>?,
+                           _ lengths: UnsafePointer<Int64>?) -> Int32 {
     guarded {
         let config = try decodePretrainConfig(try string(json, "config"))
         let g = config.grid
-        guard count >= 0, let boxes, let o1, let o2, let tComp, let tDecomp else { throw ACEError("null output buffer") }
+        guard let boxes, let o1, let o2, let tComp, let tDecomp, let lengths else { throw ACEError("null output buffer") }
+        try Limits.require(Int(count), in: 0...Limits.batch, "crop count")
+        let n = g.tokens, size = g.inputSize, c = Int(count)
+        var needed = [8 * c, n * c, n * c, n * g.composed * c, n * g.decomposed * c]
+        if image != nil { needed += [g.imageSize * g.imageSize, size * size * c, size * size * c] }
+        let names = ["boxes", "o1", "o2", "t_comp", "t_decomp", "image", "views1", "views2"]
+        for (i, need) in needed.enumerated() where lengths[i] < Int64(need) {
+            throw ACEError("grid_crops: buffer \(names[i]) holds \(lengths[i]) values, \(need) are needed")
+        }
         var rng = RNG(seed: seed)
-        let n = g.tokens, size = g.inputSize
-        for i in 0..<Int(count) {
+        for i in 0..<c {
             let crop = GridCrop.sample(g, rng: &rng)
             let (a, b) = (crop.c1Box, crop.c2Box)
             for (k, v) in [a.x0, a.y0, a.x1, a.y1, b.x0, b.y0, b.x1, b.y1].enumerated() { boxes[i * 8 + k] = Int32(v) }
@@ -117,7 +127,8 @@ public func ace_grid_crops(_ json: UnsafePointer<CChar>?, _ seed: UInt64, _ coun
             for (k, v) in crop.o2.enumerated() { o2[i * n + k] = v ? 1 : 0 }
             (tComp + i * n * g.composed).update(from: crop.compositionTarget, count: n * g.composed)
             (tDecomp + i * n * g.decomposed).update(from: crop.decompositionTarget, count: n * g.decomposed)
-            if let image, let views1, let views2 {
+            if let image {
+                guard let views1, let views2 else { throw ACEError("null view buffer") }
                 for (box, dst) in [(a, views1), (b, views2)] {
                     cropResize(image, width: g.imageSize, height: g.imageSize,
                                box: (box.x0, box.y0, box.x1 - box.x0, box.y1 - box.y0),

@@ -258,8 +258,10 @@ def test_fine_tuning_misuse_raises(nano):
     with pytest.raises(ace.ACEError, match="training forward"):
         twin.backward(np.zeros((2, 17, 96), np.float32))
     feats = twin.forward_train(x)
-    with pytest.raises(ace.ACEError, match="values"):
+    with pytest.raises(ace.ACEError, match="shape"):
         twin.backward(np.zeros((1, 17, 96), np.float32))
+    with pytest.raises(ace.ACEError, match=r"shape \(2, 96, 17\)"):  # the right count, transposed
+        twin.backward(np.zeros((2, 96, 17), np.float32))
     with pytest.raises(ace.ACEError, match="NaN"):
         twin.backward(np.full_like(feats, np.nan))
     twin.forward_features(x)              # an inference forward discards the pending backward
