@@ -203,7 +203,21 @@ static PyObject *Encoder_adamw_step(EncoderObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static PyObject *Encoder_set_precision(EncoderObject *self, PyObject *args) {
+    const char *setting;
+    if (!check_handle(self) || !PyArg_ParseTuple(args, "s", &setting)) return NULL;
+    if (ace_encoder_set_precision(self->handle, setting)) return raise_core_error();
+    Py_RETURN_NONE;
+}
+
+static PyObject *Encoder_precision(EncoderObject *self, PyObject *unused) {
+    if (!check_handle(self)) return NULL;
+    return PyUnicode_FromString(ace_encoder_precision(self->handle));
+}
+
 static PyMethodDef Encoder_methods[] = {
+    {"set_precision", (PyCFunction)Encoder_set_precision, METH_VARARGS, "set_precision('auto' | 'bf16' | 'fp32')."},
+    {"precision", (PyCFunction)Encoder_precision, METH_NOARGS, "The products' precision: 'bf16' or 'fp32'."},
     {"config_json", (PyCFunction)Encoder_config_json, METH_NOARGS, "The encoder's config as JSON."},
     {"save", (PyCFunction)Encoder_save, METH_VARARGS, "save(path): atomic safetensors write."},
     {"tensors", (PyCFunction)Encoder_tensors, METH_NOARGS, "[(name, shape)] of the parameters."},
@@ -422,15 +436,20 @@ static PyObject *set_num_threads(PyObject *mod, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static PyObject *precision_info(PyObject *mod, PyObject *unused) {
+    return PyUnicode_FromString(ace_precision_info());
+}
+
 static PyObject *get_num_threads(PyObject *mod, PyObject *unused) {
     return PyLong_FromLong(ace_get_num_threads());
 }
 
-/* gemm(a, b, trans_a, trans_b) -> op(a) @ op(b) through the core's BLAS. */
+/* gemm(a, b, trans_a, trans_b, precision="fp32") -> op(a) @ op(b) through the core's products. */
 static PyObject *gemm(PyObject *mod, PyObject *args) {
     PyObject *ao, *bo;
     int ta = 0, tb = 0;
-    if (!PyArg_ParseTuple(args, "OO|pp", &ao, &bo, &ta, &tb)) return NULL;
+    const char *precision = "fp32";
+    if (!PyArg_ParseTuple(args, "OO|pps", &ao, &bo, &ta, &tb, &precision)) return NULL;
     PyArrayObject *a = float_array(ao, 2, "a");
     if (!a) return NULL;
     PyArrayObject *b = float_array(bo, 2, "b");
@@ -446,7 +465,7 @@ static PyObject *gemm(PyObject *mod, PyObject *args) {
         if (c) {
             int32_t status;
             Py_BEGIN_ALLOW_THREADS
-            status = ace_gemm(ta, tb, m, n, k, PyArray_DATA(a), PyArray_DATA(b), PyArray_DATA(c));
+            status = ace_gemm(ta, tb, m, n, k, PyArray_DATA(a), PyArray_DATA(b), PyArray_DATA(c), precision);
             Py_END_ALLOW_THREADS
             if (status) { Py_CLEAR(c); raise_core_error(); }
         }
@@ -495,8 +514,9 @@ static PyMethodDef module_methods[] = {
     {"grid_crops", grid_crops, METH_VARARGS, "grid_crops(config_json, seed, count, buffers...)"},
     {"encoder_from_json", encoder_from_json, METH_VARARGS, "encoder_from_json(json, seed=0) -> Encoder"},
     {"set_num_threads", set_num_threads, METH_VARARGS, "Threads for BLAS and the core's kernels."},
+    {"precision_info", precision_info, METH_NOARGS, "JSON: what 'auto' precision means on this machine."},
     {"get_num_threads", get_num_threads, METH_NOARGS, "Threads for BLAS and the core's kernels."},
-    {"gemm", gemm, METH_VARARGS, "gemm(a, b, trans_a=False, trans_b=False) -> op(a) @ op(b)"},
+    {"gemm", gemm, METH_VARARGS, "gemm(a, b, trans_a=False, trans_b=False, precision='fp32') -> op(a) @ op(b)"},
     {NULL}};
 
 static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "ace._native", NULL, -1, module_methods};

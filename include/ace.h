@@ -17,7 +17,7 @@ const char *ace_last_error(void);
 int32_t ace_set_num_threads(int32_t n);
 int32_t ace_get_num_threads(void);
 int32_t ace_gemm(int32_t trans_a, int32_t trans_b, int64_t m, int64_t n, int64_t k,
-                 const float *a, const float *b, float *c);
+                 const float *a, const float *b, float *c, const char *precision /* NULL: fp32 */);
 
 /* Encoders (timm-style Vision Transformers). */
 int32_t ace_encoder_create(const char *preset, int32_t in_chans, int32_t img_size,
@@ -35,6 +35,12 @@ int32_t ace_encoder_set_tensor(void *encoder, int32_t index, const float *src, i
 int32_t ace_encoder_forward_features(void *encoder, const float *x, int64_t batch,
                                      int64_t channels, int64_t height, int64_t width,
                                      float *out, int64_t out_count);
+
+/* Precision of the products: "auto" (bf16 where the CPU has AVX512-BF16 or AMX, else fp32),
+ * "bf16" (bf16 operands, fp32 accumulation, through oneDNN) or "fp32" (OpenBLAS, the reference). */
+int32_t ace_encoder_set_precision(void *encoder, const char *precision);
+const char *ace_encoder_precision(void *encoder); /* "bf16" or "fp32" */
+const char *ace_precision_info(void);              /* JSON: {"auto": ..., "hardware_bf16": ...} */
 
 /* Fine-tuning: a training forward (drop path on), backward of d loss / d output (its shape
  * must be the output's; accumulates parameter gradients), and an AdamW update that zeroes them. */

@@ -6,22 +6,33 @@ public final class AdamW {
     public let parameters: [Parameter]
     public let m: [Tensor], v: [Tensor]
     public var beta1: Float = 0.9, beta2: Float = 0.999, eps: Float = 1e-8
-    /// Number of updates taken (for bias correction).
+    /// Number of `step` calls.
     public var t = 0
+    /// Updates each parameter has received (its bias correction): t, less the steps it sat
+    /// out frozen.
+    public var counts: [Int]
+    /// Whether weight decay applies, per parameter: `Parameter.decays` unless changed (DINO's
+    /// parameter groups also decay the class token and the position embedding).
+    public var decays: [Bool]
 
     public init(_ parameters: [Parameter]) {
         self.parameters = parameters
         m = parameters.map { Tensor($0.shape) }
         v = parameters.map { Tensor($0.shape) }
+        counts = Array(repeating: 0, count: parameters.count)
+        decays = parameters.map(\.decays)
     }
 
-    /// p <- p - lr * wd * p (weight matrices only), then the Adam update.
-    public func step(lr: Float, weightDecay: Float) {
+    /// p <- p - lr * wd * p (weight matrices only), then the Adam update. Parameters in
+    /// `frozen` are left entirely alone, as PyTorch's AdamW skips a parameter without a
+    /// gradient: no decay, no moment update, no count (DINO's frozen last layer).
+    public func step(lr: Float, weightDecay: Float, frozen: [Parameter] = []) {
         t += 1
-        let c1 = 1 - pow(beta1, Float(t)), c2 = 1 - pow(beta2, Float(t))
         let (b1, b2, eps) = (beta1, beta2, eps)
-        for (i, p) in parameters.enumerated() {
-            let decay = p.decays ? 1 - lr * weightDecay : 1
+        for (i, p) in parameters.enumerated() where !frozen.contains(where: { $0 === p }) {
+            counts[i] += 1
+            let c1 = 1 - pow(beta1, Float(counts[i])), c2 = 1 - pow(beta2, Float(counts[i]))
+            let decay = decays[i] ? 1 - lr * weightDecay : 1
             let w = p.value.data, g = p.grad.data, ms = m[i].data, vs = v[i].data
             parallelChunks(p.count, minPerChunk: 16384) { range in
                 for j in range {

@@ -15,11 +15,7 @@ final class AtomicFile {
     private var committed = false
 
     private nonisolated(unsafe) static var serial = 0
-    private static let serialLock: UnsafeMutablePointer<pthread_mutex_t> = {
-        let m = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
-        pthread_mutex_init(m, nil)
-        return m
-    }()
+    private static let serialLock = Lock()
 
     init(_ path: String) throws {
         self.path = path
@@ -31,10 +27,7 @@ final class AtomicFile {
         try require(stat(folder, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR,
                     "cannot write \(path): folder \(folder) does not exist")
         Self.removeStaleTemporaries(folder: folder, name: name)
-        pthread_mutex_lock(Self.serialLock)
-        Self.serial += 1
-        let n = Self.serial
-        pthread_mutex_unlock(Self.serialLock)
+        let n = Self.serialLock.locked { Self.serial += 1; return Self.serial }
         tmpPath = (folder == "." && slash == nil ? "" : folder + "/") + ".\(name).tmp-\(getpid())-\(n)"
         fd = open(tmpPath, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
         try require(fd >= 0, "cannot write \(path): \(Self.reason())")

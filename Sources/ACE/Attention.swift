@@ -1,15 +1,28 @@
 /// Multi-head self-attention with a fused qkv projection, as timm's Attention.
 /// The 3C qkv outputs are ordered (3, heads, headDim); softmax(Q K^T / sqrt(d)) V per head.
-/// The per-(sample, head) products are small: each worker takes whole heads, serially.
+/// fp32: the per-(sample, head) products are small, so each worker takes whole heads, serially.
+/// bf16 (AttentionBF16.swift): every head of the batch in one batched oneDNN product.
 public final class Attention {
     public let qkv: Linear, proj: Linear
     public let dim: Int, heads: Int, headDim: Int
-    private let scale: Float
-    private let qkvOut = Tensor([0])    // (B, T, 3C)
-    private let probs = Tensor([0])     // (B, H, T, T) softmax rows
-    private let context = Tensor([0])   // (B, T, C) heads concatenated
-    private let scratch: BackwardScratch
-    private var batch = 0, tokens = 0
+    let scale: Float
+    let qkvOut = Tensor([0])    // (B, T, 3C)
+    let probs = Tensor([0])     // (B, H, T, T) softmax rows
+    let context = Tensor([0])   // (B, T, C) heads concatenated
+    let scratch: BackwardScratch
+    var batch = 0, tokens = 0
+    /// bf16 copies of Q, K, V and of the probabilities (or their gradient), per head, and the
+    /// per-head fp32 products, all (B * H, T, headDim or T); used by the bf16 path only.
+    let qHeads = BF16Buffer(), kHeads = BF16Buffer(), vHeads = BF16Buffer(), probsBF16 = BF16Buffer()
+    let dOutHeads = BF16Buffer()
+    let headProduct = Tensor([0])
+    /// Which path the last forward took (backward must take the same one).
+    var usedBF16 = false
+
+    /// How the products are computed: the projections' and the attention's own.
+    public var precision: Precision = .fp32 {
+        didSet { qkv.precision = precision; proj.precision = precision }
+    }
 
     public init(_ name: String, _ dim: Int, heads: Int, scratch: BackwardScratch = BackwardScratch()) {
         self.scratch = scratch
@@ -28,6 +41,8 @@ public final class Attention {
         batch = b; tokens = t
         qkv.forward(x, into: qkvOut)
         probs.reshape([b, hN, t, t]); context.reshape([b, t, c])
+        usedBF16 = precision == .bf16 && attendBF16()
+        if usedBF16 { proj.forward(context, into: y); return }
         let base = qkvOut.data, ps = probs.data, ctx = context.data, s = scale
         parallelWorkers(b * hN, minPerChunk: 1) { range, _ in
           for bh in range {
@@ -48,6 +63,7 @@ public final class Attention {
         let (dContext, dQKV, dScores) = (scratch.dContext, scratch.dQKV, scratch.dScores)
         proj.backward(dy, into: dContext)
         dQKV.reshape([b, t, 3 * c])
+        if usedBF16 && attendBackwardBF16() { qkv.backward(dQKV, into: dx); return }
         // One scratch slice per worker: read the worker count once, so a concurrent
         // set_num_threads cannot make the split exceed the slices.
         let workers = workerCount
@@ -85,10 +101,20 @@ public final class Attention {
 
 @inline(__always)
 func softmaxRow(_ p: UnsafeMutablePointer<Float>, _ n: Int) {
-    var m = -Float.infinity
-    for j in 0..<n { m = max(m, p[j]) }
-    var sum: Float = 0
-    for j in 0..<n { let e = fastExp(p[j] - m); p[j] = e; sum += e }
+    // Max and sum run on 16 independent lanes: a single accumulator is a serial dependency
+    // chain that keeps the loop from vectorizing.
+    let lanes = n / 16 * 16
+    var maxes = SIMD16<Float>(repeating: -.infinity)
+    for j in stride(from: 0, to: lanes, by: 16) {
+        maxes = pointwiseMax(maxes, UnsafeRawPointer(p + j).loadUnaligned(as: SIMD16<Float>.self))
+    }
+    var m = maxes.max()
+    for j in lanes..<n { m = max(m, p[j]) }
+    for j in 0..<n { p[j] = fastExp(p[j] - m) }
+    var sums = SIMD16<Float>()
+    for j in stride(from: 0, to: lanes, by: 16) { sums += UnsafeRawPointer(p + j).loadUnaligned(as: SIMD16<Float>.self) }
+    var sum = sums.sum()
+    for j in lanes..<n { sum += p[j] }
     let inv = 1 / sum
     for j in 0..<n { p[j] *= inv }
 }

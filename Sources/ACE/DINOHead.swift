@@ -11,6 +11,10 @@ public final class DINOHead {
     private let g0 = Tensor([0]), g1 = Tensor([0]), g2 = Tensor([0])
     public let logits = Tensor([0])
     public let bottleneck: Int, prototypes: Int
+    /// How the head's products are computed; the normalizations stay fp32.
+    public var precision: Precision = .fp32 {
+        didSet { for l in [fc0, fc1, fc2] { l.precision = precision } }
+    }
 
     public init(_ name: String, dim: Int, hidden: Int, bottleneck: Int, prototypes: Int) {
         fc0 = Linear("\(name).mlp.0", dim, hidden)
@@ -42,7 +46,7 @@ public final class DINOHead {
         vHat.reshape([prototypes, bottleneck]); vNorm.reshape([prototypes])
         normalizeRows(lastLayer.value.data, rows: prototypes, dim: bottleneck, into: vHat.data, norms: vNorm.data)
         logits.reshape([r, prototypes])
-        gemm(transB: true, m: r, n: prototypes, k: bottleneck, a: hHat.data, b: vHat.data, c: logits.data)
+        gemm(transB: true, m: r, n: prototypes, k: bottleneck, a: hHat.data, b: vHat.data, c: logits.data, precision: precision)
         return logits
     }
 
@@ -51,13 +55,15 @@ public final class DINOHead {
         let r = dLogits.shape[0]
         // Through the normalized prototypes: d vHat = dLogits^T hHat, then the normalization.
         g2.reshape([prototypes, bottleneck])
-        gemm(transA: true, m: prototypes, n: bottleneck, k: r, a: dLogits.data, b: hHat.data, c: g2.data)
+        gemm(transA: true, m: prototypes, n: bottleneck, k: r, a: dLogits.data, b: hHat.data, c: g2.data,
+             precision: precision)
         normalizeBackward(g2.data, normalized: vHat.data, norms: vNorm.data, rows: prototypes, dim: bottleneck)
         let dv = lastLayer.grad.data, gv = g2.data
         for i in 0..<lastLayer.count { dv[i] += gv[i] }
         // Through the normalized bottleneck: d hHat = dLogits vHat.
         g1.reshape([r, bottleneck])
-        gemm(m: r, n: bottleneck, k: prototypes, a: dLogits.data, b: vHat.data, c: g1.data)
+        gemm(m: r, n: bottleneck, k: prototypes, a: dLogits.data, b: vHat.data, c: g1.data,
+             precision: precision)
         normalizeBackward(g1.data, normalized: hHat.data, norms: hNorm.data, rows: r, dim: bottleneck)
         fc2.backward(g1, into: g0)
         act1.backward(g0, into: g1)

@@ -7,15 +7,23 @@ import CBLAS
 /// across the core's workers, each a single-threaded sgemm. One pool of threads then
 /// serves the products and the elementwise kernels alike, instead of OpenBLAS's threads
 /// spinning (sched_yield) on the cores while the elementwise kernels need them.
+///
+/// With `precision: .bf16` the operands are rounded to bfloat16 and multiplied by oneDNN with
+/// fp32 accumulation (see `Precision`); oneDNN threads the product itself.
 public func gemm(
     transA: Bool = false, transB: Bool = false, m: Int, n: Int, k: Int,
     alpha: Float = 1, a: UnsafePointer<Float>, lda: Int? = nil,
     b: UnsafePointer<Float>, ldb: Int? = nil,
-    beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int? = nil
+    beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int? = nil,
+    precision: Precision = .fp32
 ) {
     let lda = lda ?? (transA ? m : k)
     let ldb = ldb ?? (transB ? k : n)
     let ldc = ldc ?? n
+    if precision == .bf16 && bf16Gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda,
+                                      b: b, ldb: ldb, beta: beta, c: c, ldc: ldc) {
+        return
+    }
     // Below about a million multiply-adds a split costs more than it saves.
     let rowsPerChunk = m * n * k < (1 << 20) || workerCount == 1 ? m : max(8, m / workerCount)
     parallelChunks(m, minPerChunk: rowsPerChunk) { rows in

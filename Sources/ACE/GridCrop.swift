@@ -20,10 +20,14 @@ public struct GridConfig: Codable, Equatable {
     /// Target window k x k (in the units of the compared tokens) and Gaussian sigma.
     public var window = 3
     public var sigma: Float = 1
+    /// The decomposition target's window; 0 means `window` (the paper). The authors' code
+    /// uses 5 for decomposition and 3 for composition.
+    public var decompWindow = 0
 
     enum CodingKeys: String, CodingKey {
         case imageSize = "image_size", gridCells = "grid_cells", fineCells = "fine_cells"
         case inputSize = "input_size", minOverlap = "min_overlap", window, sigma
+        case decompWindow = "decomp_window"
     }
 
     public init() {}
@@ -37,7 +41,7 @@ public struct GridConfig: Codable, Equatable {
         }
         try read(.imageSize, &imageSize); try read(.gridCells, &gridCells); try read(.fineCells, &fineCells)
         try read(.inputSize, &inputSize); try read(.minOverlap, &minOverlap)
-        try read(.window, &window); try read(.sigma, &sigma)
+        try read(.window, &window); try read(.sigma, &sigma); try read(.decompWindow, &decompWindow)
     }
 
     public var cell: Int { imageSize / gridCells }
@@ -62,6 +66,8 @@ public struct GridConfig: Codable, Equatable {
         try require(minOverlap >= 1 && 2 * minOverlap <= fineCells,
                     "min_overlap must be in 1...\(fineCells / 2) C2 tokens, got \(minOverlap)")
         try require(window >= 1 && window % 2 == 1, "window must be odd and positive, got \(window)")
+        try Limits.require(decompWindow, in: 0...(4 * fineCells + 1), "grid.decomp_window")
+        try require(decompWindow == 0 || decompWindow % 2 == 1, "grid.decomp_window must be odd (or 0: the same as window), got \(decompWindow)")
         // Targets are exp(-d^2 / (2 sigma^2)): a sigma whose square underflows makes them NaN.
         try require(sigma >= 1e-3 && sigma <= 1e3, "grid.sigma must be in [0.001, 1000] token units, got \(sigma)")
     }
@@ -126,8 +132,8 @@ public struct GridCrop {
     }
 
     /// Gaussian of the offset (in units of the compared tokens) inside the k x k window, else 0.
-    private func target(_ dx: Int, _ dy: Int) -> Float {
-        let r = config.window / 2
+    private func target(_ dx: Int, _ dy: Int, window: Int) -> Float {
+        let r = window / 2
         guard abs(dx) <= r && abs(dy) <= r else { return 0 }
         let s = config.sigma
         return expf(-Float(dx * dx + dy * dy) / (2 * s * s))
@@ -144,7 +150,7 @@ public struct GridCrop {
             let cy = c2.y + 2 * (i / n), cx = c2.x + 2 * (i % n)
             for j in 0..<(h * h) {
                 let by = c1.y + 2 * (j / h), bx = c1.x + 2 * (j % h)
-                t[i * h * h + j] = target((cx - bx) / 2, (cy - by) / 2)
+                t[i * h * h + j] = target((cx - bx) / 2, (cy - by) / 2, window: config.window)
             }
         }
         return t
@@ -155,12 +161,13 @@ public struct GridCrop {
     /// offsets in C1-token units (1 cell). Rows of C1 tokens outside the overlap are zero.
     public var decompositionTarget: [Float] {
         let n = config.fineCells, nc = config.coarseCells
+        let window = config.decompWindow > 0 ? config.decompWindow : config.window
         let inside = o1
         var t = [Float](repeating: 0, count: n * n * nc * nc)
         for i in 0..<(n * n) where inside[i] {
             let cy = c1.y + i / n, cx = c1.x + i % n
             for j in 0..<(nc * nc) {
-                t[i * nc * nc + j] = target(cx - (c2.x + j % nc), cy - (c2.y + j / nc))
+                t[i * nc * nc + j] = target(cx - (c2.x + j % nc), cy - (c2.y + j / nc), window: window)
             }
         }
         return t

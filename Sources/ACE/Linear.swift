@@ -3,6 +3,8 @@ public final class Linear {
     public let weight: Parameter
     public let bias: Parameter
     public let inFeatures: Int, outFeatures: Int
+    /// How the layer's three products are computed (forward, weight gradient, input gradient).
+    public var precision: Precision = .fp32
     /// The input of the last forward, kept by reference for backward.
     private var input: Tensor?
 
@@ -29,7 +31,7 @@ public final class Linear {
         let b = bias.value.data
         for r in 0..<rows { (y.data + r * outFeatures).update(from: b, count: outFeatures) }
         gemm(transB: true, m: rows, n: outFeatures, k: inFeatures,
-             a: x.data, b: weight.value.data, beta: 1, c: y.data)
+             a: x.data, b: weight.value.data, beta: 1, c: y.data, precision: precision)
         input = x
     }
 
@@ -38,7 +40,7 @@ public final class Linear {
         guard let x = input else { return }
         let rows = dy.count / outFeatures
         gemm(transA: true, m: outFeatures, n: inFeatures, k: rows,
-             a: dy.data, b: x.data, beta: 1, c: weight.grad.data)
+             a: dy.data, b: x.data, beta: 1, c: weight.grad.data, precision: precision)
         let db = bias.grad.data
         for r in 0..<rows {
             let row = dy.data + r * outFeatures
@@ -46,7 +48,8 @@ public final class Linear {
         }
         if let dx {
             dx.reshape(x.shape)
-            gemm(m: rows, n: inFeatures, k: outFeatures, a: dy.data, b: weight.value.data, c: dx.data)
+            gemm(m: rows, n: inFeatures, k: outFeatures, a: dy.data, b: weight.value.data, c: dx.data,
+                 precision: precision)
         }
     }
 }

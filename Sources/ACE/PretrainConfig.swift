@@ -9,6 +9,7 @@ public struct PretrainConfig: Codable, Equatable {
     public var headHidden = 2048
     public var headBottleneck = 256
     public var headPrototypes = 8192           // K (65536 in the paper)
+    public var precision = "auto"              // "auto", "bf16" or "fp32": see `Precision`
     // Objective: "ace" (grid crops, any subset of the three losses) or "dino" (global loss on
     // two random-resized crops, no grid).
     public var objective = "ace"
@@ -35,6 +36,7 @@ public struct PretrainConfig: Codable, Equatable {
     public var clipGrad: Float = 0.8           // 0 disables
     public var clipMode = "per_tensor"         // or "global"
     public var freezeLastLayerEpochs = 1
+    public var weightDecayTokens = false       // also decay cls_token and pos_embed (DINO's groups)
     // Data
     public var grid = GridConfig()
     public var augment = AugmentConfig()
@@ -54,6 +56,7 @@ public struct PretrainConfig: Codable, Equatable {
         let encoderConfig = try ViTConfig(preset: encoder, inChans: inChans, imgSize: grid.inputSize, dropPath: dropPath)
         try grid.validate(patch: encoderConfig.patchSize)
         try augment.validate()
+        _ = try Precision(setting: precision)
         try require(["ace", "dino"].contains(objective), "objective must be 'ace' or 'dino', got '\(objective)'")
         let known: Set = ["global", "comp", "decomp"]
         try require(losses.allSatisfy(known.contains) && !losses.isEmpty,
@@ -117,7 +120,7 @@ public struct PretrainConfig: Codable, Equatable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case encoder, objective, losses, epochs, lr, grid, augment, mean, std
+        case encoder, objective, losses, epochs, lr, grid, augment, mean, std, precision
         case inChans = "in_chans", dropPath = "drop_path", localHidden = "local_hidden"
         case headHidden = "head_hidden", headBottleneck = "head_bottleneck", headPrototypes = "head_prototypes"
         case globalWeight = "global_weight", compWeight = "comp_weight", decompWeight = "decomp_weight"
@@ -126,7 +129,7 @@ public struct PretrainConfig: Codable, Equatable {
         case batchSize = "batch_size", stepsPerEpoch = "steps_per_epoch", minLR = "min_lr"
         case warmupFraction = "warmup_fraction", weightDecay = "weight_decay", weightDecayEnd = "weight_decay_end"
         case momentumTeacher = "momentum_teacher", clipGrad = "clip_grad", clipMode = "clip_mode"
-        case freezeLastLayerEpochs = "freeze_last_layer_epochs"
+        case freezeLastLayerEpochs = "freeze_last_layer_epochs", weightDecayTokens = "weight_decay_tokens"
         case dinoScaleMin = "dino_scale_min", dinoScaleMax = "dino_scale_max"
     }
 
@@ -139,7 +142,7 @@ public struct PretrainConfig: Codable, Equatable {
         try read(.encoder, &encoder); try read(.inChans, &inChans); try read(.dropPath, &dropPath)
         try read(.localHidden, &localHidden); try read(.headHidden, &headHidden)
         try read(.headBottleneck, &headBottleneck); try read(.headPrototypes, &headPrototypes)
-        try read(.objective, &objective); try read(.losses, &losses)
+        try read(.objective, &objective); try read(.losses, &losses); try read(.precision, &precision)
         try read(.globalWeight, &globalWeight); try read(.compWeight, &compWeight); try read(.decompWeight, &decompWeight)
         try read(.alphaComp, &alphaComp); try read(.alphaDecomp, &alphaDecomp); try read(.logitScale, &logitScale)
         try read(.studentTemp, &studentTemp); try read(.teacherTemp, &teacherTemp); try read(.centerMomentum, &centerMomentum)
@@ -147,7 +150,7 @@ public struct PretrainConfig: Codable, Equatable {
         try read(.lr, &lr); try read(.minLR, &minLR); try read(.warmupFraction, &warmupFraction)
         try read(.weightDecay, &weightDecay); try read(.weightDecayEnd, &weightDecayEnd)
         try read(.momentumTeacher, &momentumTeacher); try read(.clipGrad, &clipGrad); try read(.clipMode, &clipMode)
-        try read(.freezeLastLayerEpochs, &freezeLastLayerEpochs)
+        try read(.freezeLastLayerEpochs, &freezeLastLayerEpochs); try read(.weightDecayTokens, &weightDecayTokens)
         try read(.grid, &grid); try read(.augment, &augment); try read(.mean, &mean); try read(.std, &std)
         try read(.dinoScaleMin, &dinoScaleMin); try read(.dinoScaleMax, &dinoScaleMax)
     }

@@ -1,7 +1,8 @@
 import Glibc
 
-/// DINO's schedules, as functions of the step: linear warm-up then a half cosine from `base`
-/// to `final` over the remaining steps; held at `final` after the last step.
+/// DINO's schedules, as functions of the step: linear warm-up (as DINO's linspace, reaching
+/// `base` at its last step) then a half cosine from `base` to `final` over the remaining
+/// steps; held at `final` after the last step.
 public struct CosineSchedule: Codable, Equatable {
     public var base: Double
     public var final: Double
@@ -17,7 +18,9 @@ public struct CosineSchedule: Codable, Equatable {
 
     public func callAsFunction(_ step: Int) -> Double {
         if step < warmupSteps {
-            return warmupStart + (base - warmupStart) * Double(step) / Double(warmupSteps)
+            // DINO's np.linspace(start, base, W): step i gets start + (base - start) i / (W - 1).
+            guard warmupSteps > 1 else { return warmupStart }
+            return warmupStart + (base - warmupStart) * Double(step) / Double(warmupSteps - 1)
         }
         let span = totalSteps - warmupSteps
         guard span > 0, step < totalSteps else { return final }

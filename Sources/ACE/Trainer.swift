@@ -14,6 +14,8 @@ public final class Trainer {
     public let center: Tensor
     public internal(set) var step = 0
     public internal(set) var rng: RNG
+    /// The products' precision, resolved from the config's setting on this machine.
+    public let precision: Precision
 
     private let augment: PhotometricAugment
     private let compLoss: LocalMatchLoss, decompLoss: LocalMatchLoss
@@ -61,6 +63,18 @@ public final class Trainer {
         if config.usesDecomp { trainable += decomposer.parameters }
         if config.usesGlobal { trainable += head.parameters }
         optimizer = AdamW(trainable)
+        if config.weightDecayTokens {
+            for (i, p) in trainable.enumerated() where p === student.position.cls || p === student.position.pos {
+                optimizer.decays[i] = true
+            }
+        }
+
+        precision = try Precision(setting: config.precision)
+        student.precision = precision
+        teacher.precision = precision
+        head.precision = precision
+        teacherHead.precision = precision
+        for l in [composer.mlp.fc1, composer.mlp.fc2, decomposer.mlp.fc1, decomposer.mlp.fc2] { l.precision = precision }
 
         augment = PhotometricAugment(config.augment)
         compLoss = LocalMatchLoss(alpha: config.alphaComp, scale: config.logitScale)
@@ -74,6 +88,9 @@ public final class Trainer {
         wdSchedule = CosineSchedule(base: Double(config.weightDecay), final: Double(config.weightDecayEnd), totalSteps: total)
         momentumSchedule = CosineSchedule(base: Double(config.momentumTeacher), final: 1, totalSteps: total)
     }
+
+    /// Steps during which the DINO head's last layer is frozen (DINO's freeze_last_layer).
+    public var frozenSteps: Int { config.freezeLastLayerEpochs * config.stepsPerEpoch }
 
     /// Every tensor of the run, by checkpoint name.
     public var namedTensors: [(String, Tensor)] {
@@ -174,7 +191,8 @@ public final class Trainer {
                            + "or lower the learning rate")
         }
         student.backward(dTokens)
-        if step < config.freezeLastLayerEpochs * config.stepsPerEpoch { head.lastLayer.grad.zero() }
+        let frozen = step < frozenSteps ? [head.lastLayer] : []
+        for p in frozen { p.grad.zero() }
         stats.gradNorm = Double(clipGradients(optimizer.parameters, maxNorm: config.clipGrad,
                                               perTensor: config.clipMode == "per_tensor"))
         try require(stats.gradNorm.isFinite,
@@ -187,7 +205,7 @@ public final class Trainer {
             GlobalLoss.updateCenter(center, teacher: teacherHead.logits, momentum: config.centerMomentum)
         }
         stats.lr = lrSchedule(step); stats.wd = wdSchedule(step); stats.momentum = momentumSchedule(step)
-        optimizer.step(lr: Float(stats.lr), weightDecay: Float(stats.wd))
+        optimizer.step(lr: Float(stats.lr), weightDecay: Float(stats.wd), frozen: frozen)
         for p in optimizer.parameters { p.grad.zero() }
         emaUpdate(teacher: teacher.parameters, student: student.parameters, momentum: Float(stats.momentum))
         if config.usesGlobal {
@@ -203,14 +221,20 @@ public final class Trainer {
     /// Fills `views` with (2B, in_chans, input, input): rows 0..<B view 1, rows B..<2B view 2,
     /// each resized, cropped, augmented and normalized. Returns the grid crops (ACE) or the
     /// full-view geometry stand-ins (DINO) used for pooling.
+    ///
+    /// Every random draw is made first, in one fixed order (per image: its boxes, then each
+    /// view's augmentation draws), so the pixel work can run in parallel over images and the
+    /// result does not depend on the number of threads.
     @discardableResult
     public func makeViews(_ images: UnsafePointer<Float>, batch b: Int, height: Int, width: Int) throws -> [GridCrop] {
         let g = config.grid, size = g.inputSize, chans = config.inChans
-        resized.reshape([g.imageSize, g.imageSize])
+        try checkImages(batch: b, height: height, width: width)
+        let workers = workerCount
+        resized.reshape([workers, g.imageSize, g.imageSize])
         views.reshape([2 * b, chans, size, size])
         var crops: [GridCrop] = []
-        for i in 0..<b {
-            try resizeImage(images + i * height * width, width: width, height: height, to: resized.data, size: g.imageSize)
+        var plans: [(boxes: [(x: Int, y: Int, w: Int, h: Int)], augment: [RNG])] = []
+        for _ in 0..<b {
             let boxes: [(x: Int, y: Int, w: Int, h: Int)]
             if config.objective == "ace" {
                 let crop = GridCrop.sample(g, rng: &rng)
@@ -220,15 +244,36 @@ public final class Trainer {
                 let scale = (config.dinoScaleMin, config.dinoScaleMax)
                 boxes = (0..<2).map { _ in randomResizedCrop(width: g.imageSize, height: g.imageSize, scale: scale, rng: &rng) }
             }
-            for (v, box) in boxes.enumerated() {
-                let view = views.data + ((v * b + i) * chans) * size * size
-                cropResize(resized.data, width: g.imageSize, height: g.imageSize, box: box, to: view, size: size)
-                augment.apply(view, size: size, rng: &rng)
-                let (mean, inv) = (config.mean, 1 / config.std)
-                for j in 0..<(size * size) { view[j] = (view[j] - mean) * inv }
-                for ch in 1..<max(chans, 1) { (view + ch * size * size).update(from: view, count: size * size) }
+            var streams: [RNG] = []
+            for _ in boxes {
+                streams.append(rng)
+                for _ in 0..<PhotometricAugment.drawsPerCall { _ = rng.next() }
+            }
+            plans.append((boxes, streams))
+        }
+        var failure: Error?
+        let failureLock = Lock()
+        let (mean, inv) = (config.mean, 1 / config.std)
+        parallelWorkers(b, minPerChunk: 1, workers: workers) { range, worker in
+            let canvas = resized.data + worker * g.imageSize * g.imageSize
+            for i in range {
+                do {
+                    try resizeImage(images + i * height * width, width: width, height: height, to: canvas, size: g.imageSize)
+                } catch {
+                    failureLock.locked { failure = error }
+                    return
+                }
+                for (v, box) in plans[i].boxes.enumerated() {
+                    let view = views.data + ((v * b + i) * chans) * size * size
+                    cropResize(canvas, width: g.imageSize, height: g.imageSize, box: box, to: view, size: size)
+                    var stream = plans[i].augment[v]
+                    augment.apply(view, size: size, rng: &stream)
+                    for j in 0..<(size * size) { view[j] = (view[j] - mean) * inv }
+                    for ch in 1..<max(chans, 1) { (view + ch * size * size).update(from: view, count: size * size) }
+                }
             }
         }
+        if let failure { throw failure }
         return crops
     }
 

@@ -54,6 +54,10 @@ extension Trainer {
         }
         trainer.step = step
         trainer.optimizer.t = adamT
+        // Each parameter's update count follows from t: the last layer sat out the frozen steps.
+        for (i, p) in trainer.optimizer.parameters.enumerated() {
+            trainer.optimizer.counts[i] = p === trainer.head.lastLayer ? max(0, adamT - trainer.frozenSteps) : adamT
+        }
         trainer.rng.state = (words[0], words[1], words[2], words[3])
         return trainer
     }

@@ -13,6 +13,19 @@ public final class VisionTransformer {
     private let grad = Tensor([0]), gradPatches = Tensor([0])
     private var gridShape = (0, 0)
 
+    /// How the products of every linear layer and of attention are computed (the
+    /// position-embedding resampling stays fp32).
+    public var precision: Precision = .fp32 {
+        didSet {
+            patchEmbed.proj.precision = precision
+            for b in blocks {
+                b.attn.precision = precision
+                b.mlp.fc1.precision = precision
+                b.mlp.fc2.precision = precision
+            }
+        }
+    }
+
     public init(_ config: ViTConfig, seed: UInt64 = 0) throws {
         try config.validate()
         self.config = config

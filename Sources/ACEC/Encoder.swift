@@ -2,30 +2,12 @@ import ACE
 import FoundationEssentials
 import Glibc
 
-/// A mutex serializing the calls on one handle: Python threads may call concurrently (the
-/// GIL is released during calls) and must wait for each other instead of racing.
-final class HandleLock {
-    /// Heap-allocated: a pthread mutex must not move.
-    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
-
-    init() { pthread_mutex_init(mutex, nil) }
-
-    deinit {
-        pthread_mutex_destroy(mutex)
-        mutex.deallocate()
-    }
-
-    func locked<T>(_ body: () throws -> T) rethrows -> T {
-        pthread_mutex_lock(mutex)
-        defer { pthread_mutex_unlock(mutex) }
-        return try body()
-    }
-}
-
-/// An encoder handle. Encoders that belong to a trainer share the trainer's lock.
+/// An encoder handle. Its lock serializes the calls on it: Python threads may call
+/// concurrently (the GIL is released during calls) and must wait for each other instead of
+/// racing. Encoders that belong to a trainer share the trainer's lock.
 final class EncoderHandle {
     let model: VisionTransformer
-    let lock: HandleLock
+    let lock: Lock
     let configJSON: UnsafeMutablePointer<CChar>
     /// Parameter names as C strings, alive as long as the handle.
     let names: [UnsafePointer<CChar>]
@@ -35,9 +17,12 @@ final class EncoderHandle {
     var rng = RNG(seed: 0)
     var lastOutputCount = 0
 
-    init(_ model: VisionTransformer, lock: HandleLock = HandleLock()) {
+    /// A standalone encoder computes in the machine's automatic precision; a trainer's
+    /// encoders keep the precision the trainer set.
+    init(_ model: VisionTransformer, lock: Lock? = nil) {
         self.model = model
-        self.lock = lock
+        if lock == nil { model.precision = .automatic }
+        self.lock = lock ?? Lock()
         configJSON = strdup(model.configJSON)
         names = model.parameters.map { UnsafePointer(strdup($0.name)!) }
     }
@@ -248,3 +233,30 @@ public func ace_encoder_adamw_step(_ h: UnsafeMutableRawPointer?, _ lr: Float, _
         }
     }
 }
+
+/// Sets how the encoder's products are computed: "auto", "bf16" or "fp32".
+@_cdecl("ace_encoder_set_precision")
+public func ace_encoder_set_precision(_ h: UnsafeMutableRawPointer?, _ setting: UnsafePointer<CChar>?) -> Int32 {
+    guarded {
+        let e = try encoder(h)
+        let precision = try Precision(setting: try string(setting, "precision"))
+        e.locked { e.model.precision = precision }
+    }
+}
+
+/// The encoder's precision, "bf16" or "fp32" (a static string).
+@_cdecl("ace_encoder_precision")
+public func ace_encoder_precision(_ h: UnsafeMutableRawPointer?) -> UnsafePointer<CChar>? {
+    guard let e = try? encoder(h) else { return nil }
+    return e.locked { e.model.precision == .bf16 ? bf16Name : fp32Name }
+}
+
+private let bf16Name = UnsafePointer(strdup("bf16")!)
+private let fp32Name = UnsafePointer(strdup("fp32")!)
+
+/// What "auto" means on this machine, as JSON: {"auto": "bf16", "hardware_bf16": true}.
+@_cdecl("ace_precision_info")
+public func ace_precision_info() -> UnsafePointer<CChar>? { UnsafePointer(precisionInfo) }
+
+private let precisionInfo: UnsafeMutablePointer<CChar> =
+    strdup("{\"auto\": \"\(Precision.automatic.rawValue)\", \"hardware_bf16\": \(Precision.hardwareBF16)}")!

@@ -47,13 +47,16 @@ public func ace_set_num_threads(_ n: Int32) -> Int32 {
 @_cdecl("ace_get_num_threads")
 public func ace_get_num_threads() -> Int32 { Int32(workerCount) }
 
-/// C = op(A) op(B), row-major; exposed so the Python tests and benchmarks check and time
-/// the very BLAS the core links.
+/// C = op(A) op(B), row-major, in the given precision ("fp32", "bf16" or "auto"; NULL means
+/// fp32); exposed so the Python tests and benchmarks check and time the very products the
+/// core uses.
 @_cdecl("ace_gemm")
 public func ace_gemm(_ transA: Int32, _ transB: Int32, _ m: Int64, _ n: Int64, _ k: Int64,
-                     _ a: UnsafePointer<Float>?, _ b: UnsafePointer<Float>?, _ c: UnsafeMutablePointer<Float>?) -> Int32 {
+                     _ a: UnsafePointer<Float>?, _ b: UnsafePointer<Float>?, _ c: UnsafeMutablePointer<Float>?,
+                     _ precision: UnsafePointer<CChar>?) -> Int32 {
     guarded {
         guard m > 0, n > 0, k > 0, let a, let b, let c else { throw ACEError("gemm: empty or null operands") }
-        gemm(transA: transA != 0, transB: transB != 0, m: Int(m), n: Int(n), k: Int(k), a: a, b: b, c: c)
+        let p = try precision.map { try Precision(setting: String(cString: $0)) } ?? .fp32
+        gemm(transA: transA != 0, transB: transB != 0, m: Int(m), n: Int(n), k: Int(k), a: a, b: b, c: c, precision: p)
     }
 }

@@ -5,7 +5,7 @@ import Glibc
 /// A training-run handle; like encoders, one handle's calls are serialized by its lock.
 final class TrainerHandle {
     let trainer: Trainer
-    let lock = HandleLock()
+    let lock = Lock()
     let configJSON: UnsafeMutablePointer<CChar>
 
     init(_ trainer: Trainer) throws {

@@ -2,11 +2,26 @@
 
 `import ace.data` works without the native core; the model classes load it on first use.
 """
+import os
+
+# oneDNN's bf16 products run on OpenMP threads; by default they spin after each product and
+# take the cores from the core's own workers. Read once, when the native library loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from .config import AugmentConfig, GridConfig, PretrainConfig
 from .errors import ACEError
 
 __all__ = ["ACEError", "Encoder", "Trainer", "PretrainConfig", "GridConfig", "AugmentConfig",
-           "grid_crops", "set_num_threads", "get_num_threads"]
+           "grid_crops", "set_num_threads", "get_num_threads", "precision_info"]
+
+
+def _precision_info():
+    """What precision "auto" means on this machine: {"auto": "bf16" | "fp32",
+    "hardware_bf16": bool} (bf16 needs AVX512-BF16 or AMX, as oneDNN detects it)."""
+    import json
+
+    from . import _native
+    return json.loads(_native.precision_info())
 
 
 def __getattr__(name):
@@ -24,4 +39,6 @@ def __getattr__(name):
     if name in ("set_num_threads", "get_num_threads"):
         from . import _native
         return getattr(_native, name)
+    if name == "precision_info":
+        return _precision_info
     raise AttributeError(f"module 'ace' has no attribute {name!r}")

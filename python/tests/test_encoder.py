@@ -18,7 +18,7 @@ def randn(*shape, seed=0):
 
 @pytest.fixture(scope="module")
 def nano():
-    return ace.Encoder("vit_nano", img_size=64, seed=1)
+    return ace.Encoder("vit_nano", img_size=64, seed=1, precision="fp32")
 
 
 @pytest.mark.parametrize("preset,size,shape", [
@@ -27,7 +27,7 @@ def nano():
     ("vit_tiny", 224, (2, 1, 224, 224)),
 ])
 def test_forward_matches_numpy_reference(preset, size, shape):
-    enc = ace.Encoder(preset, img_size=size, seed=3)
+    enc = ace.Encoder(preset, img_size=size, seed=3, precision="fp32")
     x = randn(*shape, seed=4)
     ours = enc.forward_features(x)
     ref = vit_forward_features(enc.state_dict(), x, num_heads=enc.config["num_heads"])
@@ -35,8 +35,25 @@ def test_forward_matches_numpy_reference(preset, size, shape):
     np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=0)
 
 
+@pytest.mark.skipif(not ace.precision_info()["hardware_bf16"], reason="no AVX512-BF16 or AMX on this CPU")
+@pytest.mark.parametrize("preset,size", [("vit_nano", 64), ("vit_tiny", 224)])
+def test_bf16_forward_stays_within_bf16_rounding_of_the_reference(preset, size):
+    """bf16 rounds each product's operands to 8 mantissa bits (relative 2^-9 = 0.2%); over the
+    blocks that compounds to about 1% of the output's scale. Measured: vit_nano 0.3-0.5%,
+    vit_tiny 0.6-1%; the bound is 2.5%."""
+    enc = ace.Encoder(preset, img_size=size, seed=3)
+    assert enc.precision == "bf16"          # "auto" on this CPU
+    x = randn(2, 1, size, size, seed=4)
+    ref = vit_forward_features(enc.state_dict(), x, num_heads=enc.config["num_heads"])
+    ours = enc.forward_features(x)
+    relative = np.linalg.norm(ours - ref) / np.linalg.norm(ref)
+    assert 1e-4 < relative < 2.5e-2, relative    # really bf16, and close
+    enc.precision = "fp32"
+    np.testing.assert_allclose(enc.forward_features(x), ref, atol=1e-4, rtol=0)
+
+
 def test_three_channel_encoder_matches_reference():
-    enc = ace.Encoder("vit_nano", in_chans=3, img_size=32, seed=5)
+    enc = ace.Encoder("vit_nano", in_chans=3, img_size=32, seed=5, precision="fp32")
     x = randn(2, 3, 32, 32)
     np.testing.assert_allclose(enc.forward_features(x),
                                vit_forward_features(enc.state_dict(), x, num_heads=3), atol=1e-4)
@@ -74,6 +91,8 @@ def test_save_load_round_trip_is_bit_exact(tmp_path, nano):
     nano.save(path)
     loaded = ace.Encoder.load(path)
     assert loaded.config == nano.config
+    assert loaded.precision == ace.precision_info()["auto"]   # loaded encoders use "auto"
+    loaded.precision = nano.precision
     for k, v in nano.state_dict().items():
         assert np.array_equal(v, loaded.state_dict()[k]), k
     x = randn(2, 1, 64, 64)
@@ -87,7 +106,7 @@ def test_save_load_round_trip_is_bit_exact(tmp_path, nano):
 
 
 def test_load_state_dict_round_trip(nano):
-    other = ace.Encoder("vit_nano", img_size=64, seed=99)
+    other = ace.Encoder("vit_nano", img_size=64, seed=99, precision="fp32")
     other.load_state_dict(nano.state_dict())
     x = randn(1, 1, 64, 64)
     assert np.array_equal(other.forward_features(x), nano.forward_features(x))
