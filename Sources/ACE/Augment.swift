@@ -25,12 +25,18 @@ public struct AugmentConfig: Codable, Equatable {
     public var gammaP: Float = 0.0
     public var gammaMin: Float = 0.7
     public var gammaMax: Float = 1.5
+    /// Probability of CLAHE (see clahe()) with the given clip limit and tiles per side; the
+    /// authors' code applies it with p 0.3.
+    public var claheP: Float = 0
+    public var claheClip: Float = 4
+    public var claheTiles: Float = 8
 
     enum CodingKeys: String, CodingKey {
         case brightnessContrastP = "brightness_contrast_p", brightness, contrast
         case blurP = "blur_p", blurSigmaMin = "blur_sigma_min", blurSigmaMax = "blur_sigma_max"
         case sharpenP = "sharpen_p", sharpenAmount = "sharpen_amount"
         case gammaP = "gamma_p", gammaMin = "gamma_min", gammaMax = "gamma_max"
+        case claheP = "clahe_p", claheClip = "clahe_clip", claheTiles = "clahe_tiles"
     }
 
     /// The defaults of DESIGN.md: brightness/contrast p 0.5 +-0.2, blur p 0.5, sharpen p 0.3,
@@ -40,7 +46,7 @@ public struct AugmentConfig: Codable, Equatable {
     /// Every transform off (apply() leaves the image unchanged, still drawing its random numbers).
     public static var off: AugmentConfig {
         var c = AugmentConfig()
-        c.brightnessContrastP = 0; c.blurP = 0; c.sharpenP = 0; c.gammaP = 0
+        c.brightnessContrastP = 0; c.blurP = 0; c.sharpenP = 0; c.gammaP = 0; c.claheP = 0
         return c
     }
 
@@ -62,11 +68,14 @@ public struct AugmentConfig: Codable, Equatable {
         try read(.gammaP, &gammaP)
         try read(.gammaMin, &gammaMin)
         try read(.gammaMax, &gammaMax)
+        try read(.claheP, &claheP)
+        try read(.claheClip, &claheClip)
+        try read(.claheTiles, &claheTiles)
     }
 
     public func validate() throws {
         for (name, p) in [("brightness_contrast_p", brightnessContrastP), ("blur_p", blurP),
-                          ("sharpen_p", sharpenP), ("gamma_p", gammaP)] {
+                          ("sharpen_p", sharpenP), ("gamma_p", gammaP), ("clahe_p", claheP)] {
             try require(p >= 0 && p <= 1, "\(name) must be a probability in [0, 1], got \(p)")
         }
         try require(brightness >= 0 && brightness.isFinite, "brightness must be finite and non-negative, got \(brightness)")
@@ -74,6 +83,9 @@ public struct AugmentConfig: Codable, Equatable {
         try require(blurSigmaMin >= 0 && blurSigmaMin <= blurSigmaMax && blurSigmaMax.isFinite,
                     "blur sigma range must satisfy 0 <= blur_sigma_min <= blur_sigma_max, got [\(blurSigmaMin), \(blurSigmaMax)]")
         try require(sharpenAmount >= 0 && sharpenAmount.isFinite, "sharpen_amount must be finite and non-negative, got \(sharpenAmount)")
+        try require(claheClip >= 1 && claheClip <= 256, "clahe_clip must be in [1, 256], got \(claheClip)")
+        try require(claheTiles >= 1 && claheTiles <= 64 && claheTiles == claheTiles.rounded(),
+                    "clahe_tiles must be a whole number in 1...64, got \(claheTiles)")
         try require(gammaMin > 0 && gammaMin <= gammaMax && gammaMax.isFinite,
                     "gamma range must satisfy 0 < gamma_min <= gamma_max, got [\(gammaMin), \(gammaMax)]")
     }
@@ -83,14 +95,14 @@ public struct PhotometricAugment {
     public let config: AugmentConfig
 
     /// Random numbers drawn by every apply() call, whichever transforms fire.
-    public static let drawsPerCall = 8
+    public static let drawsPerCall = 9
 
     /// The config is used as given; call `config.validate()` first for configs from outside
     /// (an invalid config never traps, it may give meaningless pixels).
     public init(_ config: AugmentConfig) { self.config = config }
 
     /// Applies the random photometric transforms in place to one size x size view, in the order
-    /// gamma (on the input, which lies in [0, 1]), brightness/contrast, blur, sharpen. Draws
+    /// CLAHE and gamma (on the input, which lies in [0, 1]), brightness/contrast, blur, sharpen. Draws
     /// exactly `drawsPerCall` uniforms per call (every random value is drawn even when its
     /// transform is skipped, and the draws happen before any size check), so the RNG stream stays
     /// aligned no matter which transforms fire. A transform with probability p fires when its
@@ -101,10 +113,14 @@ public struct PhotometricAugment {
         let uBC = rng.uniform(), uBrightness = rng.uniform(), uContrast = rng.uniform()
         let uBlur = rng.uniform(), uSigma = rng.uniform()
         let uSharpen = rng.uniform()
+        let uClahe = rng.uniform()
 
         guard size > 0, !size.multipliedReportingOverflow(by: size).overflow else { return }
         let n = size * size
 
+        if uClahe < Double(c.claheP) {
+            clahe(image, width: size, height: size, tiles: Int(c.claheTiles), clip: c.claheClip)
+        }
         if uGamma < Double(c.gammaP) {
             let g = Float(Double(c.gammaMin) + Double(c.gammaMax - c.gammaMin) * uGammaValue)
             applyGamma(image, count: n, gamma: g)

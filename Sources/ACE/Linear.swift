@@ -10,14 +10,18 @@ public final class Linear {
 
     /// `weightShape` lets a layer keep PyTorch's shape for a weight that acts as (out, in),
     /// such as a stride-p convolution's (C, in_chans, p, p).
-    public init(_ name: String, _ inFeatures: Int, _ outFeatures: Int, weightShape: [Int]? = nil) {
+    /// Whether the layer adds its bias (a layer without one keeps a zero bias out of `parameters`).
+    public let hasBias: Bool
+
+    public init(_ name: String, _ inFeatures: Int, _ outFeatures: Int, weightShape: [Int]? = nil, bias: Bool = true) {
         self.inFeatures = inFeatures
         self.outFeatures = outFeatures
         weight = Parameter("\(name).weight", weightShape ?? [outFeatures, inFeatures], decays: true)
-        bias = Parameter("\(name).bias", [outFeatures], decays: false)
+        self.bias = Parameter("\(name).bias", [outFeatures], decays: false)
+        hasBias = bias
     }
 
-    public var parameters: [Parameter] { [weight, bias] }
+    public var parameters: [Parameter] { hasBias ? [weight, bias] : [weight] }
 
     public func initialize(_ rng: inout RNG, std: Float = 0.02) {
         for i in 0..<weight.count { weight.value[i] = rng.truncatedNormal(std: Double(std)) }
@@ -42,7 +46,7 @@ public final class Linear {
         gemm(transA: true, m: outFeatures, n: inFeatures, k: rows,
              a: dy.data, b: x.data, beta: 1, c: weight.grad.data, precision: precision)
         let db = bias.grad.data
-        for r in 0..<rows {
+        for r in 0..<rows where hasBias {
             let row = dy.data + r * outFeatures
             for j in 0..<outFeatures { db[j] += row[j] }
         }

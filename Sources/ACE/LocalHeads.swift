@@ -4,15 +4,16 @@
 /// block, 4C -> Linear -> GELU -> Linear -> C: one composed token per C2-sized region.
 /// Decomposer: each coarse (C2) token, C -> Linear -> GELU -> Linear -> 4C, split into the
 /// 2 x 2 sub-tokens of its region in the same order.
+/// With `kind: .authors` both MLPs take the ACE authors' form (see `MLP`).
 public final class Composer {
     public let mlp: MLP
     public let dim: Int
     private let blocks = Tensor([0]), dBlocks = Tensor([0])
     public let output = Tensor([0])
 
-    public init(dim: Int, hidden: Int) {
+    public init(dim: Int, hidden: Int, kind: MLP.Kind = .gelu) {
         self.dim = dim
-        mlp = MLP("composer", 4 * dim, hidden, dim)
+        mlp = MLP("composer", 4 * dim, hidden, dim, kind: kind)
     }
 
     public var parameters: [Parameter] { mlp.parameters }
@@ -60,9 +61,9 @@ public final class Decomposer {
     /// (B, (2n)^2, C): sub-token (u, v) of the 2n x 2n grid at row-major index u * 2n + v.
     public let output = Tensor([0])
 
-    public init(dim: Int, hidden: Int) {
+    public init(dim: Int, hidden: Int, kind: MLP.Kind = .gelu) {
         self.dim = dim
-        mlp = MLP("decomposer", dim, hidden, 4 * dim)
+        mlp = MLP("decomposer", dim, hidden, 4 * dim, kind: kind)
     }
 
     public var parameters: [Parameter] { mlp.parameters }

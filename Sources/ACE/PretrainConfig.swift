@@ -5,7 +5,8 @@ public struct PretrainConfig: Codable, Equatable {
     public var encoder = "vit_tiny"
     public var inChans = 1
     public var dropPath: Float = 0.1
-    public var localHidden = 0                 // composer / decomposer hidden width; 0 = 4C
+    public var localHidden = 0                 // composer / decomposer hidden width; 0 = 4C (C for "authors")
+    public var localHead = "mlp"               // "mlp" (paper: Linear-GELU-Linear) or "authors"
     public var headHidden = 2048
     public var headBottleneck = 256
     public var headPrototypes = 8192           // K (65536 in the paper)
@@ -44,6 +45,9 @@ public struct PretrainConfig: Codable, Equatable {
     public var std: Float = 0.200
     public var dinoScaleMin: Float = 0.4
     public var dinoScaleMax: Float = 1
+    /// Before gridding, a random-resized crop of the image keeping at least this fraction of
+    /// its area (1: off, the paper; the authors' code: 0.85).
+    public var preCropScaleMin: Float = 1
 
     public init() {}
 
@@ -57,6 +61,7 @@ public struct PretrainConfig: Codable, Equatable {
         try grid.validate(patch: encoderConfig.patchSize)
         try augment.validate()
         _ = try Precision(setting: precision)
+        try require(["mlp", "authors"].contains(localHead), "local_head must be 'mlp' or 'authors', got '\(localHead)'")
         try require(["ace", "dino"].contains(objective), "objective must be 'ace' or 'dino', got '\(objective)'")
         let known: Set = ["global", "comp", "decomp"]
         try require(losses.allSatisfy(known.contains) && !losses.isEmpty,
@@ -83,6 +88,7 @@ public struct PretrainConfig: Codable, Equatable {
         try require(["per_tensor", "global"].contains(clipMode), "clip_mode must be 'per_tensor' or 'global', got '\(clipMode)'")
         try require(std > 0, "std must be positive")
         try require(dinoScaleMin > 0 && dinoScaleMin <= dinoScaleMax && dinoScaleMax <= 1, "dino scale must satisfy 0 < min <= max <= 1")
+        try require(preCropScaleMin > 0 && preCropScaleMin <= 1, "pre_crop_scale_min must be in (0, 1], got \(preCropScaleMin)")
         try Limits.requireMemory(trainingBytes(encoderConfig),
                                  for: "a pretraining run with this config (\(encoder), batch \(batchSize), \(headPrototypes) prototypes)")
     }
@@ -95,7 +101,7 @@ public struct PretrainConfig: Codable, Equatable {
          ("center_momentum", centerMomentum), ("lr", lr), ("min_lr", minLR), ("warmup_fraction", warmupFraction),
          ("weight_decay", weightDecay), ("weight_decay_end", weightDecayEnd), ("momentum_teacher", momentumTeacher),
          ("clip_grad", clipGrad), ("mean", mean), ("std", std), ("dino_scale_min", dinoScaleMin),
-         ("dino_scale_max", dinoScaleMax), ("grid.sigma", grid.sigma)]
+         ("dino_scale_max", dinoScaleMax), ("pre_crop_scale_min", preCropScaleMin), ("grid.sigma", grid.sigma)]
     }
 
     /// An upper estimate of a run's memory: student (weights, gradients, two AdamW moments),
@@ -121,7 +127,7 @@ public struct PretrainConfig: Codable, Equatable {
 
     enum CodingKeys: String, CodingKey {
         case encoder, objective, losses, epochs, lr, grid, augment, mean, std, precision
-        case inChans = "in_chans", dropPath = "drop_path", localHidden = "local_hidden"
+        case inChans = "in_chans", dropPath = "drop_path", localHidden = "local_hidden", localHead = "local_head"
         case headHidden = "head_hidden", headBottleneck = "head_bottleneck", headPrototypes = "head_prototypes"
         case globalWeight = "global_weight", compWeight = "comp_weight", decompWeight = "decomp_weight"
         case alphaComp = "alpha_comp", alphaDecomp = "alpha_decomp", logitScale = "logit_scale"
@@ -130,7 +136,7 @@ public struct PretrainConfig: Codable, Equatable {
         case warmupFraction = "warmup_fraction", weightDecay = "weight_decay", weightDecayEnd = "weight_decay_end"
         case momentumTeacher = "momentum_teacher", clipGrad = "clip_grad", clipMode = "clip_mode"
         case freezeLastLayerEpochs = "freeze_last_layer_epochs", weightDecayTokens = "weight_decay_tokens"
-        case dinoScaleMin = "dino_scale_min", dinoScaleMax = "dino_scale_max"
+        case dinoScaleMin = "dino_scale_min", dinoScaleMax = "dino_scale_max", preCropScaleMin = "pre_crop_scale_min"
     }
 
     public init(from decoder: Decoder) throws {
@@ -140,7 +146,7 @@ public struct PretrainConfig: Codable, Equatable {
             if let v = try c.decodeIfPresent(T.self, forKey: key) { value = v }
         }
         try read(.encoder, &encoder); try read(.inChans, &inChans); try read(.dropPath, &dropPath)
-        try read(.localHidden, &localHidden); try read(.headHidden, &headHidden)
+        try read(.localHidden, &localHidden); try read(.localHead, &localHead); try read(.headHidden, &headHidden)
         try read(.headBottleneck, &headBottleneck); try read(.headPrototypes, &headPrototypes)
         try read(.objective, &objective); try read(.losses, &losses); try read(.precision, &precision)
         try read(.globalWeight, &globalWeight); try read(.compWeight, &compWeight); try read(.decompWeight, &decompWeight)
@@ -153,5 +159,6 @@ public struct PretrainConfig: Codable, Equatable {
         try read(.freezeLastLayerEpochs, &freezeLastLayerEpochs); try read(.weightDecayTokens, &weightDecayTokens)
         try read(.grid, &grid); try read(.augment, &augment); try read(.mean, &mean); try read(.std, &std)
         try read(.dinoScaleMin, &dinoScaleMin); try read(.dinoScaleMax, &dinoScaleMax)
+        try read(.preCropScaleMin, &preCropScaleMin)
     }
 }

@@ -44,9 +44,10 @@ public final class Trainer {
         var teacherConfig = enc
         teacherConfig.dropPath = 0
         teacher = try VisionTransformer(teacherConfig, seed: seed)
-        let c = enc.embedDim, hidden = config.localHidden > 0 ? config.localHidden : 4 * c
-        composer = Composer(dim: c, hidden: hidden)
-        decomposer = Decomposer(dim: c, hidden: hidden)
+        let kind: MLP.Kind = config.localHead == "authors" ? .authors : .gelu
+        let c = enc.embedDim, hidden = config.localHidden > 0 ? config.localHidden : (kind == .authors ? c : 4 * c)
+        composer = Composer(dim: c, hidden: hidden, kind: kind)
+        decomposer = Decomposer(dim: c, hidden: hidden, kind: kind)
         head = DINOHead("head", dim: c, hidden: config.headHidden, bottleneck: config.headBottleneck,
                         prototypes: config.headPrototypes)
         teacherHead = DINOHead("teacher_head", dim: c, hidden: config.headHidden, bottleneck: config.headBottleneck,
@@ -222,8 +223,8 @@ public final class Trainer {
     /// each resized, cropped, augmented and normalized. Returns the grid crops (ACE) or the
     /// full-view geometry stand-ins (DINO) used for pooling.
     ///
-    /// Every random draw is made first, in one fixed order (per image: its boxes, then each
-    /// view's augmentation draws), so the pixel work can run in parallel over images and the
+    /// Every random draw is made first, in one fixed order (per image: the optional pre-crop,
+    /// its two boxes, then each view's augmentation draws), so the pixel work can run in parallel over images and the
     /// result does not depend on the number of threads.
     @discardableResult
     public func makeViews(_ images: UnsafePointer<Float>, batch b: Int, height: Int, width: Int) throws -> [GridCrop] {
@@ -233,8 +234,12 @@ public final class Trainer {
         resized.reshape([workers, g.imageSize, g.imageSize])
         views.reshape([2 * b, chans, size, size])
         var crops: [GridCrop] = []
-        var plans: [(boxes: [(x: Int, y: Int, w: Int, h: Int)], augment: [RNG])] = []
+        var plans: [(source: (x: Int, y: Int, w: Int, h: Int), boxes: [(x: Int, y: Int, w: Int, h: Int)],
+                     augment: [RNG])] = []
         for _ in 0..<b {
+            let source = config.preCropScaleMin < 1
+                ? randomResizedCrop(width: width, height: height, scale: (config.preCropScaleMin, 1), rng: &rng)
+                : (x: 0, y: 0, w: width, h: height)
             let boxes: [(x: Int, y: Int, w: Int, h: Int)]
             if config.objective == "ace" {
                 let crop = GridCrop.sample(g, rng: &rng)
@@ -249,7 +254,7 @@ public final class Trainer {
                 streams.append(rng)
                 for _ in 0..<PhotometricAugment.drawsPerCall { _ = rng.next() }
             }
-            plans.append((boxes, streams))
+            plans.append((source, boxes, streams))
         }
         var failure: Error?
         let failureLock = Lock()
@@ -258,7 +263,8 @@ public final class Trainer {
             let canvas = resized.data + worker * g.imageSize * g.imageSize
             for i in range {
                 do {
-                    try resizeImage(images + i * height * width, width: width, height: height, to: canvas, size: g.imageSize)
+                    try cropResizeChecked(images + i * height * width, width: width, height: height,
+                                          box: plans[i].source, to: canvas, size: g.imageSize)
                 } catch {
                     failureLock.locked { failure = error }
                     return

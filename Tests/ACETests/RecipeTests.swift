@@ -59,3 +59,43 @@ final class RecipeTests: XCTestCase {
         }
     }
 }
+
+extension RecipeTests {
+    /// The authors' local heads: fc1 without bias -> LayerNorm -> ReLU -> fc2, hidden C.
+    func testAuthorsLocalHeadGradients() throws {
+        var rng = RNG(seed: 31)
+        let composer = Composer(dim: 3, hidden: 5, kind: .authors)
+        composer.mlp.fc1.initialize(&rng, std: 0.4); composer.mlp.fc2.initialize(&rng, std: 0.4)
+        XCTAssertEqual(composer.parameters.map(\.name), ["composer.fc1.weight", "composer.norm.weight",
+                                                          "composer.norm.bias", "composer.fc2.weight", "composer.fc2.bias"])
+        let n = 4, tokens = randomTensor([2, 1 + n * n, 3], &rng), dTokens = Tensor([2, 1 + n * n, 3])
+        try checkGradients(GradientCase(
+            forward: { composer.forward(tokens.data, batch: 2, side: n) },
+            backward: { dTokens.zero(); composer.backward($0, side: n, into: dTokens.data) },
+            tensors: [("tokens", tokens, dTokens)] + parameterTriples(composer.parameters)))
+    }
+
+    /// CLAHE with one region and no clipping is plain histogram equalization: each pixel maps
+    /// to the fraction of pixels at or below its level.
+    func testCLAHEWithOneRegionIsHistogramEqualization() {
+        var rng = RNG(seed: 3)
+        let (w, h) = (20, 15)
+        var image = (0..<(w * h)).map { _ in Float(rng.uniform()) * 0.3 + 0.2 }
+        let levels = image.map { Int(min(max($0, 0), 1) * 255 + 0.5) }
+        image.withUnsafeMutableBufferPointer { clahe($0.baseAddress!, width: w, height: h, tiles: 1, clip: 256) }
+        for (v, l) in zip(image, levels) {
+            XCTAssertEqual(v, Float(levels.filter { $0 <= l }.count) / Float(w * h), accuracy: 1e-6)
+        }
+    }
+
+    func testCLAHERaisesLocalContrastAndStaysInRange() {
+        let (w, h) = (64, 64)
+        // Two halves of low contrast at different brightness.
+        var image = (0..<(w * h)).map { i -> Float in (i % w < 32 ? 0.2 : 0.7) + Float(i % 7) * 0.005 }
+        func spread(_ xs: ArraySlice<Float>) -> Float { xs.max()! - xs.min()! }
+        let before = spread(image[0..<32])
+        image.withUnsafeMutableBufferPointer { clahe($0.baseAddress!, width: w, height: h, tiles: 4, clip: 4) }
+        XCTAssertGreaterThan(spread(image[0..<32]), 2 * before)
+        XCTAssertTrue(image.allSatisfy { $0 >= 0 && $0 <= 1 })
+    }
+}
