@@ -79,6 +79,33 @@ def test_interrupted_run_resumes_to_the_same_weights(straight_run, tmp_path):
     assert all(np.array_equal(a[k], b[k]) for k in a)
 
 
+@needs_jsrt
+def test_a_run_killed_with_sigkill_resumes_from_its_last_checkpoint_to_the_same_weights(straight_run, tmp_path):
+    # kill -9 gives the run no chance to save: it resumes from the last periodic checkpoint
+    # (every 10 steps), redoes the lost steps, and still ends bit for bit on the straight run.
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "ace", *PRETRAIN, "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        log = out / "metrics.jsonl"
+        if log.exists() and len(log.read_text().splitlines()) >= 13:
+            break
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait(timeout=60)
+    assert 10 <= ace_steps(out / "last.safetensors") < 30
+    ace("pretrain", "--resume", out / "last.safetensors")
+    a, b = load_file(str(out / "last.safetensors")), load_file(str(straight_run / "last.safetensors"))
+    assert all(np.array_equal(a[k], b[k]) for k in b)
+    assert [r["loss"] for r in metrics(out)] == [r["loss"] for r in metrics(straight_run)]
+
+
+def ace_steps(checkpoint):
+    import ace as ace_package
+    return ace_package.Trainer.load(checkpoint).steps_done
+
+
 def test_pretrain_on_the_phantom_without_data(tmp_path):
     ace("pretrain", "--preset", "vit_nano", "--steps", "2", "--batch-size", "2", "--out", tmp_path)
     assert len(metrics(tmp_path)) == 2
