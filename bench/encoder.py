@@ -1,6 +1,6 @@
-"""Inference speed of `Encoder.embed` against the machine's own sgemm rate.
+"""Inference speed of `Encoder.embed` against the machine's own matmul rate.
 
-    python bench/encoder.py [--preset vit_tiny] [--batch 32] [--threads 2]
+    python bench/encoder.py [--preset vit_tiny] [--batch 32] [--threads 2] [--precision auto]
 
 Prints images/s, the sgemm GFLOP/s measured in the same run, and the fraction of that
 rate the encoder reaches (analytic FLOPs / time / sgemm rate).
@@ -13,7 +13,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ace  # noqa: E402
-from common import set_threads, sgemm_gflops, timed, vit_forward_flops  # noqa: E402
+from common import matmul_rates, set_threads, timed, vit_forward_flops  # noqa: E402
 
 
 def main():
@@ -22,26 +22,27 @@ def main():
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--img-size", type=int, default=224)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     args = ap.parse_args()
     set_threads(args.threads)
 
-    enc = ace.Encoder(args.preset, img_size=args.img_size)
+    enc = ace.Encoder(args.preset, img_size=args.img_size, precision=args.precision)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (args.batch, args.img_size, args.img_size), dtype=np.uint8)
     x = enc.preprocess(images)
 
-    gemm_rate = sgemm_gflops()
+    rates = matmul_rates()
     t_forward = timed(lambda: enc.forward_features(x))
     t_embed = timed(lambda: enc.embed(images, batch_size=args.batch))
-    gemm_rate = max(gemm_rate, sgemm_gflops())  # measured before and after: keep the better
     flops = vit_forward_flops(enc.config) * args.batch
     achieved = flops / t_forward / 1e9
 
-    print(f"{args.preset} @ {args.img_size}, batch {args.batch}, {args.threads} threads")
+    rate = rates[enc.precision]
+    print(f"{args.preset} @ {args.img_size}, batch {args.batch}, {args.threads} threads, precision {enc.precision}")
     print(f"embed:            {args.batch / t_embed:8.1f} images/s  (incl. resize + normalize)")
     print(f"forward_features: {args.batch / t_forward:8.1f} images/s  {achieved:6.1f} GFLOP/s")
-    print(f"sgemm (same run): {gemm_rate:8.1f} GFLOP/s")
-    print(f"fraction of sgemm rate: {achieved / gemm_rate:.2f}   (embed: {flops / t_embed / 1e9 / gemm_rate:.2f})")
+    print(f"matmul rates (same run): sgemm {rates['fp32']:.1f}, bf16 {rates['bf16']:.1f} GFLOP/s")
+    print(f"fraction of the {enc.precision} matmul rate: {achieved / rate:.2f}   (embed: {flops / t_embed / 1e9 / rate:.2f})")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Speed of the full ACE training step against the machine's own sgemm rate.
 
-    python bench/train_step.py [--preset vit_tiny] [--batch 16] [--objective ace] [--threads 2]
+    python bench/train_step.py [--preset vit_tiny] [--batch 16] [--objective ace] [--threads 2] [--precision auto]
 
 Prints images/s of `Trainer.step` at the default geometry (512 px images, 224 px views),
 the sgemm GFLOP/s measured in the same run, the fraction of that rate the step reaches
@@ -16,7 +16,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ace  # noqa: E402
-from common import set_threads, sgemm_gflops, timed, vit_forward_flops  # noqa: E402
+from common import matmul_rates, set_threads, timed, vit_forward_flops  # noqa: E402
 
 
 def step_flops(cfg, enc_cfg, batch):
@@ -46,26 +46,28 @@ def main():
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--objective", default="ace")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     args = ap.parse_args()
     set_threads(args.threads)
 
-    cfg = ace.PretrainConfig(encoder=args.preset, batch_size=args.batch, objective=args.objective)
+    cfg = ace.PretrainConfig(encoder=args.preset, batch_size=args.batch, objective=args.objective,
+                             precision=args.precision)
     trainer = ace.Trainer(cfg)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (args.batch, cfg.grid.image_size, cfg.grid.image_size), dtype=np.uint8)
 
-    gemm_rate = sgemm_gflops()
+    rates = matmul_rates()
     t_step = timed(lambda: trainer.step(images), warmup_s=3, min_runs=3, min_s=10)
-    gemm_rate = max(gemm_rate, sgemm_gflops())
     flops = step_flops(cfg, trainer.student.config, args.batch)
     achieved = flops / t_step / 1e9
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
+    rate = rates[trainer.precision]
     print(f"{args.objective} step, {args.preset}, batch {args.batch} ({2 * args.batch} views of "
-          f"{cfg.grid.input_size} px), {args.threads} threads")
+          f"{cfg.grid.input_size} px), {args.threads} threads, precision {trainer.precision}")
     print(f"step:             {t_step:8.2f} s   {args.batch / t_step:6.2f} images/s   {achieved:6.1f} GFLOP/s")
-    print(f"sgemm (same run): {gemm_rate:8.1f} GFLOP/s")
-    print(f"fraction of sgemm rate: {achieved / gemm_rate:.2f}")
+    print(f"matmul rates (same run): sgemm {rates['fp32']:.1f}, bf16 {rates['bf16']:.1f} GFLOP/s")
+    print(f"fraction of the {trainer.precision} matmul rate: {achieved / rate:.2f}")
     print(f"peak resident memory: {peak_mib:.0f} MiB")
 
 
