@@ -1,5 +1,7 @@
 """The `ace` command: `ace pretrain`, `ace embed` (and `python -m ace ...`)."""
 import argparse
+import contextlib
+import glob
 import json
 import math
 import os
@@ -26,12 +28,45 @@ def main(argv=None):
     if not hasattr(args, "run"):
         parser.print_help()
         return 2
-    from .errors import ACEError
     try:
         return args.run(args)
-    except (ACEError, FileNotFoundError, ValueError) as e:
-        print(f"ace {args.command}: error: {e}", file=sys.stderr)
+    except (ValueError, OSError, MemoryError) as e:     # ACEError and ImageReadError are ValueErrors
+        print(f"ace {args.command}: error: {e or type(e).__name__}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"ace {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+# argparse types: a bad value exits with status 2 and a message naming the option.
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def seed_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
+    if not 0 <= value < 2**64:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**64), got {value}")
+    return value
+
+
+def finite_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
 
 
 def build_parser():
@@ -42,24 +77,25 @@ def build_parser():
     p = sub.add_parser("pretrain", help="pretrain an encoder on a folder of images (or the phantom)",
                        description="Pretrain an encoder with ACE (or a baseline). Writes OUT/config.json, "
                                    "OUT/metrics.jsonl (one row per step), OUT/last.safetensors (the whole run, "
-                                   "atomically, every --checkpoint-every steps, at the end and on Ctrl-C) and "
-                                   "OUT/loss.png.")
+                                   "atomically, every --checkpoint-every steps, at the end and on Ctrl-C or "
+                                   "SIGTERM, e.g. from a scheduler's time limit) and OUT/loss.png.")
     p.add_argument("--data", help="folder (recursive), image file or .txt list of PNG/JPEG/TIFF/DICOM; "
                                   f"omitted: {PHANTOM_IMAGES} procedural chest phantoms")
     p.add_argument("--preset", default="vit_tiny", help="encoder: vit_nano, vit_tiny, vit_small, vit_base (default vit_tiny)")
     p.add_argument("--objective", default="ace", choices=sorted(OBJECTIVES),
                    help="ace (all three losses), dino (baseline: global loss on random-resized crops), or an ablation")
     length = p.add_mutually_exclusive_group()
-    length.add_argument("--epochs", type=int, help="passes over the data (default 50)")
-    length.add_argument("--steps", type=int, help="optimizer steps (instead of --epochs)")
-    p.add_argument("--batch-size", type=int, default=16, help="images per step (default 16)")
-    p.add_argument("--lr", type=float, help="learning rate per 256 images (default 5e-4; scaled by batch/256)")
-    p.add_argument("--image-size", type=int, help="images are resized to this square before grid cropping (default 512)")
+    length.add_argument("--epochs", type=positive_int, help="passes over the data (default 50)")
+    length.add_argument("--steps", type=positive_int, help="optimizer steps (instead of --epochs)")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="images per step (default 16)")
+    p.add_argument("--lr", type=finite_float, help="learning rate per 256 images (default 5e-4; scaled by batch/256)")
+    p.add_argument("--image-size", type=positive_int,
+                   help="images are resized to this square before grid cropping (default 512)")
     p.add_argument("--out", help="output folder (default runs/ace, or the resumed checkpoint's folder)")
     p.add_argument("--resume", help="continue the run saved in this checkpoint (e.g. OUT/last.safetensors)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the weights, crops, augmentation and data order")
-    p.add_argument("--threads", type=int, help="threads for the core (default: all cores)")
-    p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (default 100)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the weights, crops, augmentation and data order")
+    p.add_argument("--threads", type=positive_int, help="threads for the core (default: all cores)")
+    p.add_argument("--checkpoint-every", type=positive_int, default=100, help="steps between checkpoints (default 100)")
     p.add_argument("--config", help="JSON file with PretrainConfig fields (command-line options override it)")
     p.set_defaults(run=pretrain)
 
@@ -70,8 +106,8 @@ def build_parser():
     e.add_argument("--data", required=True, help="folder, image file or .txt list of images")
     e.add_argument("--out", required=True, help="output .npz file")
     e.add_argument("--tokens", action="store_true", help="also store the patch tokens")
-    e.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
-    e.add_argument("--threads", type=int, help="threads for the core (default: all cores)")
+    e.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default 32)")
+    e.add_argument("--threads", type=positive_int, help="threads for the core (default: all cores)")
     e.set_defaults(run=embed)
 
     v = sub.add_parser("evaluate", help="measure an encoder: the paper's probes and transfer tasks, with a report",
@@ -86,8 +122,8 @@ def build_parser():
                                   "omitted: 60 phantoms with exact masks and landmarks")
     v.add_argument("--out", default="runs/evaluate", help="output folder (default runs/evaluate)")
     v.add_argument("--quick", action="store_true", help="fewer trials and pairs, no sliding-window search")
-    v.add_argument("--seed", type=int, default=0, help="seed of the random-init encoder")
-    v.add_argument("--threads", type=int, help="threads for the core (default: all cores)")
+    v.add_argument("--seed", type=seed_int, default=0, help="seed of the random-init encoder")
+    v.add_argument("--threads", type=positive_int, help="threads for the core (default: all cores)")
     v.set_defaults(run=evaluate)
     return parser
 
@@ -96,7 +132,7 @@ def build_parser():
 
 def build_config(args, steps_per_epoch):
     from .config import PretrainConfig
-    cfg = PretrainConfig.from_json(Path(args.config).read_text()) if args.config else PretrainConfig()
+    cfg = read_config(Path(args.config)) if args.config else PretrainConfig()
     cfg.encoder = args.preset
     cfg.objective, cfg.losses = OBJECTIVES[args.objective]
     cfg.batch_size = args.batch_size
@@ -113,6 +149,32 @@ def build_config(args, steps_per_epoch):
     return cfg
 
 
+def read_config(path):
+    """A PretrainConfig from a JSON file, with errors that name the file."""
+    from .config import PretrainConfig
+    from .errors import ACEError
+    try:
+        data = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ACEError(f"--config {path} is not valid JSON: {e}") from None
+    try:
+        return PretrainConfig.from_dict(data)
+    except ACEError as e:
+        raise ACEError(f"--config {path}: {e}") from None
+
+
+def read_run_file(path):
+    """(seed, data, steps) of OUT/run.json, written when the run being resumed started."""
+    from .errors import ACEError
+    if not path.exists():
+        raise FileNotFoundError(f"{path} (written by the run being resumed) is missing")
+    try:
+        run = json.loads(path.read_bytes())
+        return run["seed"], run["data"], run["steps"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ACEError(f"{path} (written by the run being resumed) is damaged: {e!r}") from None
+
+
 def open_stream(args, image_size, batch_size):
     from .data import ImageStream, phantom
     if args.data:
@@ -127,7 +189,7 @@ def pretrain(args):
     from .plots import loss_curves
     from .trainer import Trainer
 
-    if args.threads:
+    if args.threads is not None:
         ace.set_num_threads(args.threads)
     out = Path(args.out or (Path(args.resume).parent if args.resume else "runs/ace"))
     out.mkdir(parents=True, exist_ok=True)
@@ -135,12 +197,8 @@ def pretrain(args):
     if args.resume:
         trainer = Trainer.load(args.resume)
         cfg = trainer.config
-        run_file = Path(args.resume).parent / "run.json"
-        if not run_file.exists():
-            raise FileNotFoundError(f"{run_file} (written by the run being resumed) is missing")
-        run = json.loads(run_file.read_text())
-        args.seed, args.data = run["seed"], args.data or run["data"]
-        total = run["steps"]
+        args.seed, data, total = read_run_file(Path(args.resume).parent / "run.json")
+        args.data = args.data or data
         stream = open_stream(args, cfg.grid.image_size, cfg.batch_size)
     else:
         image_size = args.image_size or 512
@@ -154,19 +212,25 @@ def pretrain(args):
     start = trainer.steps_done
     history = read_metrics(out, upto=start)
 
+    # Ctrl-C and SIGTERM (what schedulers such as SLURM send before killing a job) both stop
+    # the run after the current step and save it. The handlers stay until the final save
+    # is written, so a second signal cannot cut it short.
     interrupted = []
-    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
+    stop_signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, lambda signum, _: interrupted.append(signum)) for sig in stop_signals}
     try:
         train_loop(trainer, stream, history, out, ckpt, start, total, args.checkpoint_every, interrupted)
+        trainer.save(ckpt)
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         stream.close()
-    trainer.save(ckpt)
     loss_curves(history, out / "loss.png")
     done = history[-1]["step"] if history else start
     if interrupted:
-        print(f"interrupted at step {done}: saved {ckpt}; continue with --resume {ckpt}")
-        return 130
+        name = signal.Signals(interrupted[0]).name
+        print(f"interrupted at step {done} ({name}): saved {ckpt}; continue with --resume {ckpt}")
+        return 128 + interrupted[0]
     print(f"finished {done} steps: {ckpt}, {out / 'metrics.jsonl'}, {out / 'loss.png'}")
     return 0
 
@@ -175,7 +239,15 @@ def read_metrics(out, upto=None):
     path = Path(out) / "metrics.jsonl"
     if not path.exists():
         return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1:
+                raise
+            # A run killed while writing a row leaves it torn; that step is redone anyway.
     return [r for r in rows if upto is None or r["step"] <= upto]
 
 
@@ -204,7 +276,7 @@ def train_loop(trainer, stream, history, out, ckpt, start, total, every, interru
             bar.set_postfix(loss=f"{stats['loss']:.4f}", glob=f"{stats['global']:.3f}",
                             comp=f"{stats['comp']:.4f}", decomp=f"{stats['decomp']:.4f}",
                             img_s=f"{stats['images_per_s']:.1f}")
-            if every and stats["step"] % every == 0 and stats["step"] < total:
+            if stats["step"] % every == 0 and stats["step"] < total:
                 trainer.save(ckpt)
     bar.close()
 
@@ -216,7 +288,7 @@ def embed(args):
     from .data import load_images
     from .encoder import Encoder
 
-    if args.threads:
+    if args.threads is not None:
         ace.set_num_threads(args.threads)
     enc = Encoder.load(args.checkpoint)
     images, paths = load_images(args.data, size=enc.config["img_size"])
@@ -225,12 +297,61 @@ def embed(args):
     if args.tokens:
         arrays["tokens"] = tokens
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, out)
+    write_npz(out, arrays)
     print(f"embedded {len(paths)} images -> {out} (cls {cls.shape}" + (f", tokens {tokens.shape})" if args.tokens else ")"))
     return 0
+
+
+def write_npz(path, arrays):
+    """Write arrays to an .npz file atomically: into a unique temporary file in the same folder,
+    fsynced, then renamed over `path`, so a kill or a full disk never leaves a truncated file
+    and never a temporary one (stale ones of killed writers are removed first). Devices and
+    pipes (e.g. /dev/stdout) are written directly: they cannot be replaced by a rename."""
+    from .errors import ACEError
+    if path.is_dir():
+        raise ACEError(f"cannot write {path}: it is a folder; give a file name")
+    try:
+        if path.exists() and not path.is_file():
+            with open(path, "wb") as f:
+                np.savez(f, **arrays)
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path)
+        # Unique per process and per call; created like any new file (mode 666 less the umask).
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}.npz")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **arrays)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(folder)        # makes the rename itself durable
+        finally:
+            os.close(folder)
+    except OSError as e:
+        raise ACEError(f"cannot write {path}: {e.strerror or e}") from e
+
+
+def remove_stale_temporaries(path):
+    """Delete `.NAME.tmp-PID...` files next to path whose writer (PID) no longer runs."""
+    prefix = f".{path.name}.tmp-"
+    for tmp in path.parent.glob(glob.escape(prefix) + "*"):
+        pid = tmp.name[len(prefix):].split("-")[0].split(".")[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+        except (PermissionError, OverflowError):
+            pass                    # another user's live process, or not a PID at all
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -241,7 +362,7 @@ def evaluate(args):
     from .encoder import Encoder
     from .evaluate import run_suite, write_report
 
-    if args.threads:
+    if args.threads is not None:
         ace.set_num_threads(args.threads)
     if args.checkpoint:
         enc, title = Encoder.load(args.checkpoint), f"Evaluation of {args.checkpoint}"

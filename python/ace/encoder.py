@@ -5,10 +5,10 @@ import os
 import numpy as np
 
 from . import _native
+from .config import PRESETS
 from .errors import ACEError
-from .preprocess import JSRT_MEAN, JSRT_STD, resize, to_channels, to_unit_float
-
-PRESETS = ("vit_nano", "vit_tiny", "vit_small", "vit_base")
+from .preprocess import JSRT_MEAN, JSRT_STD, check_image_size, resize, to_channels, to_unit_float
+from .validate import INT32_MAX, UINT64_MAX, require_float, require_int, require_path, require_real_array
 
 
 class Encoder:
@@ -20,11 +20,17 @@ class Encoder:
     """
 
     def __init__(self, preset="vit_tiny", *, in_chans=1, img_size=224, drop_path=0.0, seed=0,
-                 mean=JSRT_MEAN, std=JSRT_STD):
-        if preset not in PRESETS:
+                 mean=JSRT_MEAN, std=JSRT_STD, precision="auto"):
+        if not isinstance(preset, str) or preset not in PRESETS:
             raise ACEError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-        self._native = _native.Encoder(preset, int(in_chans), int(img_size), float(drop_path), int(seed))
+        # Types and int32/uint64 bounds here; the core checks the ranges (in_chans 1 or 3,
+        # img_size a multiple of the patch up to its limit, drop_path in [0, 1)).
+        self._native = _native.Encoder(preset, require_int("in_chans", in_chans, 1, INT32_MAX),
+                                       require_int("img_size", img_size, 1, INT32_MAX),
+                                       require_float("drop_path", drop_path),
+                                       require_int("seed", seed, 0, UINT64_MAX))
         self._init_common(mean, std)
+        self.precision = precision
 
     @classmethod
     def _wrap(cls, native, mean=JSRT_MEAN, std=JSRT_STD):
@@ -34,10 +40,10 @@ class Encoder:
         return enc
 
     def _init_common(self, mean, std):
-        self.mean = float(mean)
-        self.std = float(std)
-        if not self.std > 0:
-            raise ACEError(f"std must be positive, got {std}")
+        self.mean = require_float("mean", mean)
+        self.std = require_float("std", std, positive=True)
+        # Shape of the last forward_train output: what backward expects (None: no pending one).
+        self._pending_shape = None
         self._config = json.loads(self._native.config_json())
         self._tensors = self._native.tensors()
         self._index = {name: i for i, (name, _) in enumerate(self._tensors)}
@@ -46,14 +52,14 @@ class Encoder:
     @classmethod
     def load(cls, path):
         """Load an encoder saved by `save` (or any safetensors file with our metadata)."""
-        path = os.fspath(path)
+        path = require_path("path", path)
         if not os.path.isfile(path):
             raise ACEError(f"no checkpoint file at {path}")
         return cls._wrap(_native.load_encoder(path))
 
     def save(self, path):
         """Write a safetensors file atomically (timm names, config JSON in the metadata)."""
-        self._native.save(os.fspath(path))
+        self._native.save(require_path("path", path))
 
     def copy(self):
         """An independent encoder with the same config and weights (no optimizer state)."""
@@ -65,6 +71,19 @@ class Encoder:
     def config(self):
         """The encoder's settings (a copy: they are fixed at construction)."""
         return dict(self._config)
+
+    @property
+    def precision(self):
+        """How the matrix products run: "bf16" (bf16 operands, fp32 accumulation, oneDNN) or
+        "fp32" (OpenBLAS, the exact reference). Set "auto", "bf16" or "fp32"; "auto" (the
+        default) is bf16 where the CPU has AVX512-BF16 or AMX (see `ace.precision_info()`)."""
+        return self._native.precision()
+
+    @precision.setter
+    def precision(self, value):
+        if value not in ("auto", "bf16", "fp32"):
+            raise ACEError(f"precision must be 'auto', 'bf16' or 'fp32', got {value!r}")
+        self._native.set_precision(value)
 
     @property
     def num_params(self):
@@ -109,29 +128,35 @@ class Encoder:
     def backward(self, d_features):
         """Accumulate the gradients of every weight for d loss / d output of the last
         `forward_train` (same shape as its output)."""
-        d = np.ascontiguousarray(d_features, dtype=np.float32)
-        if d.ndim != 3:
-            raise ACEError(f"gradient must be (B, 1 + h*w, C), got shape {d.shape}")
+        d = require_real_array("d_features", d_features)
+        if self._pending_shape is None:
+            raise ACEError("backward needs a training forward first: call forward_train "
+                           "(any other forward in between discards it)")
+        if d.shape != self._pending_shape:
+            raise ACEError(f"d_features must have the shape of the last forward_train output "
+                           f"{self._pending_shape}, got shape {d.shape}")
+        d = np.ascontiguousarray(d, dtype=np.float32)
+        if not np.isfinite(d).all():
+            raise ACEError("d_features contains NaN or infinite values (or values beyond float32)")
         self._native.backward(d)
 
     def adamw_step(self, lr, weight_decay=0.0):
         """One AdamW update (weight decay on weight matrices only) from the accumulated
         gradients, which are then reset. The moments persist across calls."""
-        self._native.adamw_step(float(lr), float(weight_decay))
+        self._native.adamw_step(require_float("lr", lr), require_float("weight_decay", weight_decay))
 
     def _forward(self, x, train):
-        x = np.asarray(x)
-        if x.dtype != np.float32:
-            if x.dtype.kind not in "fiu":
-                raise ACEError(f"input has dtype {x.dtype}; expected float32")
-            x = x.astype(np.float32)
+        x = require_real_array("input", x).astype(np.float32, copy=False)
         cfg = self._config
         if x.ndim != 4:
             raise ACEError(f"input must be (B, in_chans, H, W), got shape {x.shape}")
         p = cfg["patch_size"]
         h, w = x.shape[2] // p, x.shape[3] // p
+        self._pending_shape = None        # the core discards a pending backward on any forward
         out = np.empty((x.shape[0], 1 + h * w, cfg["embed_dim"]), np.float32)
         self._native.forward_features(np.ascontiguousarray(x), out, train)
+        if train:
+            self._pending_shape = out.shape
         return out
 
     def preprocess(self, images):
@@ -144,21 +169,27 @@ class Encoder:
 
     def embed(self, images, batch_size=64):
         """Images -> (cls (B, C), tokens (B, h, w, C)) float32, in batches."""
-        if batch_size < 1:
-            raise ACEError(f"batch_size must be at least 1, got {batch_size}")
+        batch_size = require_int("batch_size", batch_size, 1, INT32_MAX)
         images = np.asarray(images)
         if images.ndim not in (3, 4):
             raise ACEError(f"images must be (B, H, W) or (B, H, W, C), got shape {images.shape}")
         if images.shape[0] == 0:
             raise ACEError("images are an empty batch")
+        check_image_size(images)
         cfg = self._config
         g = cfg["img_size"] // cfg["patch_size"]
-        cls = np.empty((len(images), cfg["embed_dim"]), np.float32)
-        tokens = np.empty((len(images), g, g, cfg["embed_dim"]), np.float32)
-        for start in range(0, len(images), batch_size):
-            feats = self.forward_features(self.preprocess(images[start:start + batch_size]))
-            cls[start:start + len(feats)] = feats[:, 0]
-            tokens[start:start + len(feats)] = feats[:, 1:].reshape(len(feats), g, g, -1)
+        try:
+            cls = np.empty((len(images), cfg["embed_dim"]), np.float32)
+            tokens = np.empty((len(images), g, g, cfg["embed_dim"]), np.float32)
+            for start in range(0, len(images), batch_size):
+                feats = self.forward_features(self.preprocess(images[start:start + batch_size]))
+                cls[start:start + len(feats)] = feats[:, 0]
+                tokens[start:start + len(feats)] = feats[:, 1:].reshape(len(feats), g, g, -1)
+        except MemoryError as e:
+            # NumPy and Pillow may raise it without a message.
+            raise MemoryError(f"out of memory embedding images of shape {images.shape} "
+                              f"({images.nbytes / 2**20:.0f} MiB as {images.dtype}) in batches of "
+                              f"{batch_size}: embed fewer or smaller images, or lower batch_size") from e
         return cls, tokens
 
     def __repr__(self):

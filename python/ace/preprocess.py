@@ -1,8 +1,13 @@
 """Turning user image arrays into normalized encoder input.
 
 Intensity convention: uint8 images are divided by 255, uint16 by 65535, floating-point
-images are taken as already in [0, 1]. The encoder then standardizes with a fixed mean
-and std (by default the statistics of the JSRT radiographs).
+images must already lie in [0, 1] (others are refused: silently standardizing 0..255
+floats as if they were 0..1 would give meaningless embeddings). The encoder then
+standardizes with a fixed mean and std (by default the statistics of the JSRT radiographs).
+
+Size limit: an image side may not exceed MAX_IMAGE_SIDE pixels and one image may not
+hold more than MAX_IMAGE_PIXELS pixels (a 16384 x 16384 radiograph, 1 GiB as float32);
+larger arrays are refused before any conversion or resize allocates memory.
 """
 import numpy as np
 
@@ -11,11 +16,27 @@ from .errors import ACEError
 
 JSRT_MEAN = 0.757
 JSRT_STD = 0.200
+MAX_IMAGE_SIDE = 65536
+MAX_IMAGE_PIXELS = 2**28
+# Float images may exceed [0, 1] by this much (rounding in a resize or a float16 round
+# trip) and are still accepted as they are.
+RANGE_TOLERANCE = 1e-3
+
+
+def check_image_size(images, *, name="images"):
+    """Refuse (B, H, W[, C]) arrays whose images exceed the size limit of the module docstring."""
+    if images.ndim < 3:
+        return
+    h, w = images.shape[1:3]
+    if max(h, w) > MAX_IMAGE_SIDE or h * w > MAX_IMAGE_PIXELS:
+        raise ACEError(f"{name} of {h} x {w} pixels exceed the size limit (sides up to {MAX_IMAGE_SIDE}, "
+                       f"at most {MAX_IMAGE_PIXELS} pixels per image); downsample them first")
 
 
 def to_unit_float(images, *, name="images"):
     """(B, H, W) or (B, H, W, C) uint8/uint16/float/bool array -> float32 in [0, 1] scale."""
     a = np.asarray(images)
+    check_image_size(a, name=name)
     if a.dtype == np.uint8:
         out = a.astype(np.float32) / 255.0
     elif a.dtype == np.uint16:
@@ -26,10 +47,17 @@ def to_unit_float(images, *, name="images"):
         raise ACEError(f"{name} have integer dtype {a.dtype}; pass uint8, uint16 or float images in [0, 1]")
     else:
         raise ACEError(f"{name} have unsupported dtype {a.dtype}; pass uint8, uint16 or float arrays")
-    if out.size == 0 or out.shape[0] == 0:
+    if out.ndim not in (3, 4):
+        raise ACEError(f"{name} must be a batch (B, H, W) or (B, H, W, C), got shape {a.shape}")
+    if out.size == 0:
         raise ACEError(f"{name} are empty (shape {a.shape})")
     if not np.isfinite(out).all():
         raise ACEError(f"{name} contain NaN or infinite values")
+    if a.dtype.kind == "f":
+        lo, hi = float(out.min()), float(out.max())
+        if lo < -RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE:
+            raise ACEError(f"float {name} must lie in [0, 1]; got values in [{lo:.4g}, {hi:.4g}]: divide by "
+                           f"the maximum (e.g. 255 or 65535) or pass uint8/uint16 arrays")
     return out
 
 

@@ -36,7 +36,9 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from .errors import ACEError
 from .preprocess import to_unit_float
+from .validate import require_choice, require_float, require_int, require_real_array
 
 __all__ = ["compositionality", "decompositionality", "retrieval", "landmark_correspondence",
            "landmark_embeddings", "symmetry", "linear_probe_classification", "segmentation", "dice"]
@@ -44,32 +46,59 @@ __all__ = ["compositionality", "decompositionality", "retrieval", "landmark_corr
 # Crops are embedded in chunks of this many so that the token maps `embed` also returns
 # (chunk x h x w x C floats) stay small.
 _CHUNK = 256
+# Upper bound of the sample counts (n, trials, pairs, k): beyond it a probe would run for days.
+_MAX_SAMPLES = 10**6
+# Seeds also reach scikit-learn, whose random_state takes 32-bit seeds.
+_MAX_SEED = 2**32 - 1
 
 
 # ---------------------------------------------------------------- shared helpers
-def _as_images(images):
-    x = to_unit_float(images)
+def _as_images(images, name="images"):
+    x = to_unit_float(images, name=name)
     if x.ndim != 3:
-        raise ValueError(f"images must be grayscale (N, H, W), got shape {x.shape}")
+        raise ACEError(f"{name} must be grayscale (N, H, W), got shape {x.shape}")
     return x
 
 
 def _as_landmarks(landmarks, images):
-    lm = np.asarray(landmarks, np.float64)
+    """(N, L, 2) float64 x, y; NaN marks a missing landmark. Infinite values, no landmark at
+    all, or none inside its image are refused: every probe result would be NaN or noise."""
+    lm = require_real_array("landmarks", landmarks).astype(np.float64)
     if lm.ndim != 3 or lm.shape[0] != len(images) or lm.shape[2] != 2:
-        raise ValueError(f"landmarks must be (N, L, 2) x, y with N = {len(images)} images, got shape {lm.shape}")
+        raise ACEError(f"landmarks must be (N, L, 2) x, y with N = {len(images)} images, got shape {lm.shape}")
+    if np.isinf(lm).any():
+        raise ACEError("landmarks contain infinite values; mark a missing landmark with NaN")
+    present = ~np.isnan(lm).any(-1)
+    if not present.any():
+        raise ACEError("landmarks are all NaN (missing): at least one landmark must be given")
+    h, w = images.shape[1:3]
+    x, y = lm[..., 0][present], lm[..., 1][present]
+    # Pixel centres are at integers, so the image spans [-0.5, side - 0.5].
+    if not ((x >= -0.5) & (x <= w - 0.5) & (y >= -0.5) & (y <= h - 0.5)).any():
+        raise ACEError(f"landmarks: every landmark lies outside its image ({w} x {h} pixels); "
+                       f"landmarks are x, y pixel coordinates")
     return lm
+
+
+def _check_features(features):
+    return require_choice("features", features, ("cls", "mean"))
+
+
+def _check_seed(seed):
+    return require_int("seed", seed, 0, _MAX_SEED)
 
 
 def _global_features(enc, images, features):
     """f(x) of each image: its CLS token or its mean patch token, float64 (B, C)."""
-    if features not in ("cls", "mean"):
-        raise ValueError(f"features must be 'cls' or 'mean', got {features!r}")
+    _check_features(features)
     out = []
     for start in range(0, len(images), _CHUNK):
         cls, tokens = enc.embed(images[start:start + _CHUNK])
         out.append(cls if features == "cls" else tokens.mean(axis=(1, 2)))
-    return np.concatenate(out).astype(np.float64)
+    out = np.concatenate(out).astype(np.float64)
+    if not np.isfinite(out).all():
+        raise ACEError("the encoder returned NaN or infinite embeddings")
+    return out
 
 
 def _default_patch(shape):
@@ -79,10 +108,14 @@ def _default_patch(shape):
 
 
 def _check_patch(patch, shape):
-    patch = _default_patch(shape) if patch is None else int(patch)
-    if not 2 <= patch <= min(shape):
-        raise ValueError(f"patch must be between 2 and the shorter image side {min(shape)}, got {patch}")
-    return patch
+    if patch is None:
+        return _default_patch(shape)
+    return require_int("patch", patch, 2, min(shape))
+
+
+def _check_window(patch, shape):
+    """Side of the windows around landmarks: at least 1, at most the longer image side."""
+    return require_int("patch", patch, 1, max(shape))
 
 
 def _random_origins(rng, n, shape, patch):
@@ -107,10 +140,10 @@ def _windows(image, centres, patch):
 
 
 def _check_batch(batch, n):
-    if batch < 2:
-        raise ValueError(f"batch must be at least 2, got {batch}")
+    batch = require_int("batch", batch, 2, _MAX_SAMPLES)
     if n < batch:
-        raise ValueError(f"batch={batch} needs at least {batch} distinct images, got {n}")
+        raise ACEError(f"batch={batch} needs at least {batch} distinct images, got {n}")
+    return batch
 
 
 def _nanmean(a, axis=None):
@@ -134,7 +167,7 @@ def _split(patches, parts):
         return [patches[:, :, :h], patches[:, :, h:]]
     if parts == 4:
         return [patches[:, :h, :h], patches[:, :h, h:], patches[:, h:, :h], patches[:, h:, h:]]
-    raise ValueError(f"parts must be 2 (halves) or 4 (quadrants), got {parts}")
+    raise ACEError(f"parts must be 2 (halves) or 4 (quadrants), got {parts}")
 
 
 def compositionality(enc, images, parts=4, n=200, patch=None, features="cls", seed=0):
@@ -149,10 +182,14 @@ def compositionality(enc, images, parts=4, n=200, patch=None, features="cls", se
     Returns {"mean", "std", "cosines": (n,), "n"}.
     """
     x = _as_images(images)
+    if require_int("parts", parts) not in (2, 4):
+        raise ACEError(f"parts must be 2 (halves) or 4 (quadrants), got {parts}")
+    n = require_int("n", n, 1, _MAX_SAMPLES)
+    _check_features(features)
     patch = _check_patch(patch, x.shape[1:])
     if patch % 2:
-        raise ValueError(f"patch must be even to split into halves or quadrants, got {patch}")
-    rng = np.random.default_rng(seed)
+        raise ACEError(f"patch must be even to split into halves or quadrants, got {patch}")
+    rng = np.random.default_rng(_check_seed(seed))
     idx = rng.integers(0, len(x), n)
     patches = _cut(x[idx], _random_origins(rng, n, x.shape[1:], patch), patch)
     whole = _global_features(enc, patches, features)
@@ -208,9 +245,11 @@ def _patch_rounds(enc, images, batch, patch, trials, features, seed):
     side, and a generator of rounds (indices of `batch` distinct images, patch origins,
     the patches) until at least `trials` decisions."""
     x = _as_images(images)
-    _check_batch(batch, len(x))
+    batch = _check_batch(batch, len(x))
+    trials = require_int("trials", trials, 1, _MAX_SAMPLES)
+    _check_features(features)
     patch = _check_patch(patch, x.shape[1:])
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(_check_seed(seed))
     full = _global_features(enc, x, features)
 
     def rounds():
@@ -231,13 +270,13 @@ def _accuracy(correct, batch):
 def _pair_list(n, pairs, rng):
     """Ordered (query, key) image pairs: all of them, or `pairs` drawn without replacement."""
     if n < 2:
-        raise ValueError(f"landmark correspondence needs at least 2 images, got {n}")
+        raise ACEError(f"landmark correspondence needs at least 2 images, got {n}")
+    if pairs is not None:
+        pairs = require_int("pairs", pairs, 1, _MAX_SAMPLES)
     every = np.array([(q, k) for q in range(n) for k in range(n) if q != k])
     if pairs is None:
         return every
-    if pairs < 1:
-        raise ValueError(f"pairs must be at least 1, got {pairs}")
-    chosen = rng.choice(len(every), min(int(pairs), len(every)), replace=False)
+    chosen = rng.choice(len(every), min(pairs, len(every)), replace=False)
     return every[np.sort(chosen)]
 
 
@@ -335,17 +374,14 @@ def landmark_correspondence(enc, images, landmarks, method="dense", patch=64, st
     """
     x = _as_images(images)
     lm = _as_landmarks(landmarks, x)
-    pair_idx = _pair_list(len(x), pairs, np.random.default_rng(seed))
+    require_choice("method", method, ("dense", "window"))
+    pair_idx = _pair_list(len(x), pairs, np.random.default_rng(_check_seed(seed)))
     if method == "dense":
-        if upsample < 1:
-            raise ValueError(f"upsample must be at least 1, got {upsample}")
-        pred = _dense_predictions(enc, x, lm, pair_idx, int(upsample))
-    elif method == "window":
-        if patch < 1 or stride < 1:
-            raise ValueError(f"patch and stride must be positive, got patch={patch}, stride={stride}")
-        pred = _window_predictions(enc, x, lm, pair_idx, int(patch), int(stride), features)
+        pred = _dense_predictions(enc, x, lm, pair_idx, require_int("upsample", upsample, 1, 64))
     else:
-        raise ValueError(f"method must be 'dense' or 'window', got {method!r}")
+        patch = _check_window(patch, x.shape[1:])
+        stride = require_int("stride", stride, 1, max(x.shape[1:]))
+        pred = _window_predictions(enc, x, lm, pair_idx, patch, stride, _check_features(features))
     errors = np.linalg.norm(pred - lm[pair_idx[:, 1]], axis=-1)
     # Reference without features: predict the query's own coordinates in the key image.
     identity = np.linalg.norm(lm[pair_idx[:, 0]] - lm[pair_idx[:, 1]], axis=-1)
@@ -381,12 +417,23 @@ def landmark_embeddings(enc, images, landmarks, k=5, patch=64, features="cls", t
     """
     x = _as_images(images)
     lm = _as_landmarks(landmarks, x)
+    k = require_int("k", k, 1, _MAX_SAMPLES)
+    patch = _check_window(patch, x.shape[1:])
+    _check_features(features)
+    if not isinstance(tsne, (bool, np.bool_)):
+        raise ACEError(f"tsne must be True or False, got {tsne!r}")
+    seed = _check_seed(seed)
     windows, image_index, ids = _landmark_windows(x, lm, patch)
-    emb = _global_features(enc, windows, features)
     if len(np.unique(image_index)) < 2 or len(np.unique(ids)) < 2:
-        raise ValueError("landmark_embeddings needs landmarks on at least 2 images and at least 2 landmark ids")
+        raise ACEError("landmark_embeddings needs landmarks on at least 2 images and at least 2 landmark ids")
+    emb = _global_features(enc, windows, features)
+    # scikit-learn's t-SNE crashes the interpreter (segmentation fault) when every point is
+    # the same, e.g. when all windows are blank: refuse that before calling it.
+    if tsne and not np.abs(emb - emb[0]).max() > 1e-6 * max(1.0, np.abs(emb).max()):
+        raise ACEError("landmark_embeddings: every landmark window has the same embedding (are the landmarks "
+                       "inside the images?); t-SNE needs at least 2 distinct points (pass tsne=False to skip it)")
     # Every training fold must hold at least k points.
-    k = min(int(k), len(ids) - np.bincount(image_index).max())
+    k = min(k, len(ids) - np.bincount(image_index).max())
     pred = cross_val_predict(KNeighborsClassifier(n_neighbors=k), emb, ids, groups=image_index,
                              cv=LeaveOneGroupOut())
     acc = float(accuracy_score(ids, pred))
@@ -415,7 +462,9 @@ def symmetry(enc, images, landmarks, pairs, patch=64, features="cls"):
     """
     x = _as_images(images)
     lm = _as_landmarks(landmarks, x)
-    pairs = np.asarray(pairs, int).reshape(-1, 2)
+    pairs = _landmark_pairs(pairs, lm.shape[1])
+    patch = _check_window(patch, x.shape[1:])
+    _check_features(features)
     present = ~np.isnan(lm).any(-1)
     right = np.unique(pairs[:, 1])
     correct, chance = [], []
@@ -430,8 +479,32 @@ def symmetry(enc, images, landmarks, pairs, patch=64, features="cls"):
         correct.extend(candidates[nearest] == queries[:, 1])
         chance.extend([1.0 / len(candidates)] * len(queries))
     if not correct:
-        raise ValueError("no image has both landmarks of any pair")
+        raise ACEError("no image has both landmarks of any pair")
     return {"accuracy": float(np.mean(correct)), "trials": len(correct), "chance": float(np.mean(chance))}
+
+
+def _landmark_pairs(pairs, n_landmarks):
+    """(P, 2) int landmark index pairs, each index in [0, n_landmarks)."""
+    a = require_real_array("pairs", pairs)
+    if a.size == 0:
+        raise ACEError("pairs is empty: give (left, right) landmark index pairs")
+    if a.dtype.kind not in "iu":
+        raise ACEError(f"pairs must hold integer landmark indices, got dtype {a.dtype}")
+    if not (a.shape == (2,) or (a.ndim == 2 and a.shape[1] == 2)):
+        raise ACEError(f"pairs must be (P, 2) (left, right) landmark indices, got shape {a.shape}")
+    if a.min() < 0 or a.max() >= n_landmarks:
+        raise ACEError(f"pairs must be landmark indices in [0, {n_landmarks - 1}], "
+                       f"got values in [{a.min()}, {a.max()}]")
+    return a.reshape(-1, 2).astype(int)
+
+
+def _split_pair(name, value, what):
+    """(images, labels) or (images, masks) of a train or test argument."""
+    try:
+        first, second = value
+    except (TypeError, ValueError):
+        raise ACEError(f"{name} must be a pair ({what}), got {type(value).__name__}") from None
+    return first, second
 
 
 # ---------------------------------------------------------------- transfer
@@ -446,10 +519,20 @@ def linear_probe_classification(enc, train, test, features="cls", C=1.0):
 
     Returns {"auc", "accuracy", "trials", "chance", "n_train", "n_test"}.
     """
-    (x_train, y_train), (x_test, y_test) = train, test
+    x_train, y_train = _split_pair("train", train, "images, labels")
+    x_test, y_test = _split_pair("test", test, "images, labels")
+    x_train, x_test = _as_images(x_train, "train images"), _as_images(x_test, "test images")
     y_train, y_test = np.asarray(y_train), np.asarray(y_test)
-    f_train = _global_features(enc, _as_images(x_train), features)
-    f_test = _global_features(enc, _as_images(x_test), features)
+    for name, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
+        if y.shape != (len(x),):
+            raise ACEError(f"{name} labels must be one per image, shape ({len(x)},), got shape {y.shape}")
+        if len(np.unique(y)) < 2:
+            raise ACEError(f"{name} labels must hold at least 2 classes (for the fit and the ROC AUC), "
+                           f"got only {np.unique(y).tolist()}")
+    C = require_float("C", C, positive=True)
+    _check_features(features)
+    f_train = _global_features(enc, x_train, features)
+    f_test = _global_features(enc, x_test, features)
     clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000))
     clf.fit(f_train, y_train)
     proba = clf.predict_proba(f_test)
@@ -467,7 +550,7 @@ def dice(pred, target):
     """Dice overlap 2 |P & T| / (|P| + |T|) of two boolean masks; 1 when both are empty."""
     pred, target = np.asarray(pred, bool), np.asarray(target, bool)
     if pred.shape != target.shape:
-        raise ValueError(f"masks differ in shape: {pred.shape} vs {target.shape}")
+        raise ACEError(f"masks differ in shape: {pred.shape} vs {target.shape}")
     total = pred.sum() + target.sum()
     return 1.0 if total == 0 else float(2.0 * np.logical_and(pred, target).sum() / total)
 
@@ -476,18 +559,23 @@ def _mask_dict(masks, structures, n):
     """{name: bool (N, H, W)} from a dict or an (N, S, H, W) array with `structures` names."""
     if isinstance(masks, dict):
         names = list(structures) if structures is not None else list(masks)
+        missing = [name for name in names if name not in masks]
+        if missing:
+            raise ACEError(f"masks have no structure {missing}; they hold {list(masks)}")
         out = {name: np.asarray(masks[name], bool) for name in names}
     else:
         a = np.asarray(masks, bool)
         if a.ndim != 4:
-            raise ValueError(f"mask arrays must be (N, S, H, W), got shape {a.shape}")
+            raise ACEError(f"mask arrays must be (N, S, H, W), got shape {a.shape}")
         names = list(structures) if structures is not None else [str(s) for s in range(a.shape[1])]
         if len(names) != a.shape[1]:
-            raise ValueError(f"{len(names)} structure names for {a.shape[1]} mask channels")
+            raise ACEError(f"{len(names)} structure names for {a.shape[1]} mask channels")
         out = {name: a[:, s] for s, name in enumerate(names)}
+    if not out:
+        raise ACEError("masks hold no structure")
     for name, m in out.items():
-        if m.ndim != 3 or len(m) != n:
-            raise ValueError(f"masks of {name!r} must be (N, H, W) with N = {n}, got shape {m.shape}")
+        if m.ndim != 3 or len(m) != n or 0 in m.shape:
+            raise ACEError(f"masks of {name!r} must be (N, H, W) with N = {n}, got shape {m.shape}")
     return out
 
 
@@ -537,22 +625,24 @@ def segmentation(enc, train, test, mode="linear", shots=None, structures=None, C
 
     Returns {"dice": {name: mean}, "dice_per_image": {name: (N_test,)}, "shots": n_train_used}.
     """
-    if mode not in ("linear", "finetune"):
-        raise ValueError(f"mode must be 'linear' or 'finetune', got {mode!r}")
-    (x_train, m_train), (x_test, m_test) = train, test
-    x_train, x_test = _as_images(x_train), _as_images(x_test)
+    require_choice("mode", mode, ("linear", "finetune"))
+    x_train, m_train = _split_pair("train", train, "images, masks")
+    x_test, m_test = _split_pair("test", test, "images, masks")
+    x_train, x_test = _as_images(x_train, "train images"), _as_images(x_test, "test images")
     m_train = _mask_dict(m_train, structures, len(x_train))
     m_test = _mask_dict(m_test, structures, len(x_test))
-    order = np.random.default_rng(seed).permutation(len(x_train))
+    if list(m_train) != list(m_test):
+        raise ACEError(f"train and test masks must name the same structures, got {list(m_train)} and {list(m_test)}")
+    C = require_float("C", C, positive=True)
+    finetune = _finetune_settings(finetune)
+    order = np.random.default_rng(_check_seed(seed)).permutation(len(x_train))
     if shots is not None:
-        if not 1 <= shots <= len(x_train):
-            raise ValueError(f"shots must be between 1 and {len(x_train)} training images, got {shots}")
-        order = order[:shots]
+        order = order[:require_int("shots", shots, 1, len(x_train))]
     cfg = enc.config
     grid = (cfg["img_size"] // cfg["patch_size"],) * 2
     if mode == "finetune":
         fractions = np.stack([_area_fraction(m[order], grid) for m in m_train.values()], axis=-1)
-        probs = _finetune(enc, x_train[order], fractions, x_test, seed=seed, **(finetune or {}))
+        probs = _finetune(enc, x_train[order], fractions, x_test, seed=seed, **finetune)
     else:
         _, t_train = enc.embed(x_train[order])
         _, t_test = enc.embed(x_test)
@@ -569,6 +659,23 @@ def segmentation(enc, train, test, mode="linear", shots=None, structures=None, C
         per_image[name] = np.array(scores)
         mean_dice[name] = float(np.mean(scores))
     return {"dice": mean_dice, "dice_per_image": per_image, "shots": len(order)}
+
+
+def _finetune_settings(settings):
+    """The `finetune` overrides of `segmentation`, checked by name and type."""
+    if settings is None:
+        return {}
+    if not isinstance(settings, dict):
+        raise ACEError(f"finetune must be a dict of settings, got {type(settings).__name__}")
+    out = {}
+    for key, value in settings.items():
+        if key in ("epochs", "batch"):
+            out[key] = require_int(f"finetune[{key!r}]", value, 1 if key == "batch" else 0, _MAX_SAMPLES)
+        elif key in ("lr", "head_lr", "weight_decay"):
+            out[key] = require_float(f"finetune[{key!r}]", value, 0.0)
+        else:
+            raise ACEError(f"unknown finetune setting {key!r}; known: epochs, batch, lr, head_lr, weight_decay")
+    return out
 
 
 def _finetune(enc, images, fractions, test_images, *, epochs=20, batch=8, lr=1e-4, head_lr=1e-2,

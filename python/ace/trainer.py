@@ -8,6 +8,7 @@ from .config import PretrainConfig
 from .encoder import Encoder
 from .errors import ACEError
 from .preprocess import to_channels, to_unit_float
+from .validate import UINT64_MAX, require_int, require_path
 
 STAT_NAMES = ("loss", "global", "comp", "decomp", "lr", "wd", "momentum", "grad_norm", "step",
               "comp_acc", "decomp_acc")
@@ -21,16 +22,17 @@ class Trainer:
     """
 
     def __init__(self, config=None, *, seed=0):
-        config = config or PretrainConfig()
+        if config is None:
+            config = PretrainConfig()
         if not isinstance(config, PretrainConfig):
-            raise ACEError("config must be an ace.PretrainConfig")
-        self._native = _native.Trainer(config.to_json(), int(seed))
+            raise ACEError(f"config must be an ace.PretrainConfig, got {type(config).__name__}")
+        self._native = _native.Trainer(config.to_json(), require_int("seed", seed, 0, UINT64_MAX))
         self._init_common(PretrainConfig.from_json(config.to_json()))
 
     @classmethod
     def load(cls, path):
         """Resume a run saved with `save`: weights, optimizer, schedule position and RNG."""
-        path = os.fspath(path)
+        path = require_path("path", path)
         if not os.path.isfile(path):
             raise ACEError(f"no checkpoint file at {path}")
         t = cls.__new__(cls)
@@ -46,13 +48,19 @@ class Trainer:
         self.teacher = Encoder._wrap(self._native.encoder(1), mean, std)
 
     @property
+    def precision(self):
+        """The precision the run's products use ("bf16" or "fp32"), resolved from
+        `config.precision` on this machine."""
+        return self.student.precision
+
+    @property
     def steps_done(self):
         """Optimizer steps taken so far (restored by `load`)."""
         return self._native.steps()
 
     def save(self, path):
         """Write the whole run to one safetensors file, atomically."""
-        self._native.save(os.fspath(path))
+        self._native.save(require_path("path", path))
 
     def step(self, images):
         """One update on a batch; returns a dict of the loss terms and schedule values."""
