@@ -97,6 +97,12 @@ def build_parser():
     p.add_argument("--threads", type=positive_int, help="threads for the core (default: all cores)")
     p.add_argument("--checkpoint-every", type=positive_int, default=100, help="steps between checkpoints (default 100)")
     p.add_argument("--config", help="JSON file with PretrainConfig fields (command-line options override it)")
+    p.add_argument("--recipe", choices=["paper", "authors"], default="paper",
+                   help="paper: the paper's settings (default); authors: the authors' released code where it "
+                        "departs from the paper (the --config file and other options override it)")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"],
+                   help="matrix products: auto (bf16 where the CPU has AVX512-BF16 or AMX; the default), "
+                        "bf16, or fp32 (the exact reference)")
     p.set_defaults(run=pretrain)
 
     e = sub.add_parser("embed", help="embed images with a checkpoint's (teacher) encoder",
@@ -132,8 +138,10 @@ def build_parser():
 
 def build_config(args, steps_per_epoch):
     from .config import PretrainConfig
-    cfg = read_config(Path(args.config)) if args.config else PretrainConfig()
+    cfg = PretrainConfig.recipe(args.recipe, **(read_config(Path(args.config)) if args.config else {}))
     cfg.encoder = args.preset
+    if args.precision is not None:
+        cfg.precision = args.precision
     cfg.objective, cfg.losses = OBJECTIVES[args.objective]
     cfg.batch_size = args.batch_size
     if args.lr is not None:
@@ -150,7 +158,7 @@ def build_config(args, steps_per_epoch):
 
 
 def read_config(path):
-    """A PretrainConfig from a JSON file, with errors that name the file."""
+    """The PretrainConfig fields of a JSON file (checked), with errors that name the file."""
     from .config import PretrainConfig
     from .errors import ACEError
     try:
@@ -158,9 +166,10 @@ def read_config(path):
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ACEError(f"--config {path} is not valid JSON: {e}") from None
     try:
-        return PretrainConfig.from_dict(data)
+        PretrainConfig.from_dict(data)
     except ACEError as e:
         raise ACEError(f"--config {path}: {e}") from None
+    return data
 
 
 def read_run_file(path):
@@ -207,7 +216,9 @@ def pretrain(args):
         trainer = Trainer(cfg, seed=args.seed)
         total = args.steps if args.steps is not None else cfg.total_steps
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-        (out / "run.json").write_text(json.dumps({"seed": args.seed, "data": args.data, "steps": total}) + "\n")
+        precision = dict(ace.precision_info(), precision=trainer.precision)
+        (out / "run.json").write_text(json.dumps({"seed": args.seed, "data": args.data, "steps": total,
+                                                  "precision": precision}) + "\n")
         (out / "metrics.jsonl").write_text("")
     start = trainer.steps_done
     history = read_metrics(out, upto=start)
