@@ -1,11 +1,9 @@
-"""Shared benchmark helpers: the machine's sgemm rate through the core's own BLAS, and
-analytic FLOP counts of the models, so every benchmark prints a ratio measured in one run."""
+"""Shared benchmark helpers: timing, the machine's matmul rates through the core's own
+products, and analytic FLOP counts of the models, so every benchmark prints a ratio measured
+in one run. Importable without ace (bench/torch_peer.py runs in PyTorch's environment)."""
 import time
 
 import numpy as np
-
-import ace
-from ace import _native
 
 
 def timed(fn, *, warmup_s=1.5, min_runs=3, min_s=2.0):
@@ -25,6 +23,8 @@ def sgemm_gflops(m=3136, n=576, k=192, precision="fp32"):
     """GFLOP/s of one (m x k) @ (k x n) product through the core's own products (ViT-shaped
     default: the qkv product of 16 vit_tiny images): OpenBLAS sgemm for "fp32", oneDNN's
     bf16 matmul with fp32 accumulation for "bf16"."""
+    from ace import _native
+
     rng = np.random.default_rng(0)
     a = rng.standard_normal((m, k), dtype=np.float32)
     b = rng.standard_normal((k, n), dtype=np.float32)
@@ -51,4 +51,5 @@ def vit_forward_flops(config, img_size=None):
 
 
 def set_threads(n):
+    import ace
     ace.set_num_threads(n)

@@ -15,25 +15,17 @@ torch.autocast("cpu", dtype=torch.bfloat16), as a PyTorch user would turn it on.
 """
 import argparse
 import json
+import os
 import resource
-import time
+import sys
 
 import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def timed(fn, warmup_s=3.0, min_runs=3, min_s=8.0):
-    start = time.perf_counter()
-    while time.perf_counter() - start < warmup_s:
-        fn()
-    times, start = [], time.perf_counter()
-    while len(times) < min_runs or time.perf_counter() - start < min_s:
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import timed  # noqa: E402
 
 
 def mlp(i, h, o):
@@ -133,7 +125,7 @@ def main():
     torch.manual_seed(0)
     batch = args.batch or (32 if args.mode == "infer" else 16)
     fn = (infer_fn if args.mode == "infer" else ace_step_fn)(batch, args.precision)
-    seconds = timed(fn)
+    seconds = timed(fn, warmup_s=3, min_s=8)
     print(json.dumps({"images_per_s": batch / seconds,
                       "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                       "torch": torch.__version__}))

@@ -39,24 +39,20 @@ def main(argv=None):
 
 
 # argparse types: a bad value exits with status 2 and a message naming the option.
-def positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
+def int_in(lo, hi, what):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"must be {what} in [{lo}, {hi}], got {value}")
+        return value
+    return parse
 
 
-def seed_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
-    if not 0 <= value < 2**64:
-        raise argparse.ArgumentTypeError(f"must be in [0, 2**64), got {value}")
-    return value
+positive_int = int_in(1, 2**62, "a positive integer")
+seed_int = int_in(0, 2**64 - 1, "an integer seed")
 
 
 def finite_float(text):
