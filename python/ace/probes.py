@@ -108,6 +108,8 @@ def _default_patch(shape):
 
 
 def _check_patch(patch, shape):
+    if min(shape) < 2:
+        raise ACEError(f"images of {shape[0]} x {shape[1]} pixels are too small for the patches of this probe")
     if patch is None:
         return _default_patch(shape)
     return require_int("patch", patch, 2, min(shape))

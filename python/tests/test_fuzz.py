@@ -71,7 +71,11 @@ class Worker:
 def worker():
     w = Worker()
     yield w
-    print(f"\nfuzz: {w.cases} cases, {len(w.findings)} crashes or unclear errors")
+    distinct = sorted({(case["op"], answer["outcome"], answer["detail"][:80]) for case, answer in w.findings})
+    print(f"\nfuzz: {w.cases} cases, {len(w.findings)} failing (counting hypothesis' shrinking), "
+          f"{len(distinct)} distinct:")
+    for finding in distinct:
+        print("  ", *finding)
     w.close()
 
 
