@@ -15,6 +15,13 @@ __all__ = ["ACEError", "Encoder", "Trainer", "PretrainConfig", "GridConfig", "Au
            "grid_crops", "set_num_threads", "get_num_threads", "precision_info"]
 
 
+def _set_num_threads(n):
+    """Threads of the core's products and kernels (1...1024)."""
+    from . import _native
+    from .validate import require_int
+    _native.set_num_threads(require_int("thread count", n, 1, 1024))
+
+
 def _precision_info():
     """What precision "auto" means on this machine: {"auto": "bf16" | "fp32",
     "hardware_bf16": bool} (bf16 needs AVX512-BF16 or AMX, as oneDNN detects it)."""
@@ -36,9 +43,11 @@ def __getattr__(name):
     if name == "grid_crops":
         from .crops import grid_crops
         return grid_crops
-    if name in ("set_num_threads", "get_num_threads"):
+    if name == "set_num_threads":
+        return _set_num_threads
+    if name == "get_num_threads":
         from . import _native
-        return getattr(_native, name)
+        return _native.get_num_threads
     if name == "precision_info":
         return _precision_info
     raise AttributeError(f"module 'ace' has no attribute {name!r}")

@@ -53,6 +53,7 @@ def int_in(lo, hi, what):
 
 positive_int = int_in(1, 2**62, "a positive integer")
 seed_int = int_in(0, 2**64 - 1, "an integer seed")
+thread_count = int_in(1, 1024, "a thread count")
 
 
 def finite_float(text):
@@ -90,7 +91,7 @@ def build_parser():
     p.add_argument("--out", help="output folder (default runs/ace, or the resumed checkpoint's folder)")
     p.add_argument("--resume", help="continue the run saved in this checkpoint (e.g. OUT/last.safetensors)")
     p.add_argument("--seed", type=seed_int, default=0, help="seed of the weights, crops, augmentation and data order")
-    p.add_argument("--threads", type=positive_int, help="threads for the core (default: all cores)")
+    p.add_argument("--threads", type=thread_count, help="threads for the core (default: all cores)")
     p.add_argument("--checkpoint-every", type=positive_int, default=100, help="steps between checkpoints (default 100)")
     p.add_argument("--config", help="JSON file with PretrainConfig fields (command-line options override it)")
     p.add_argument("--recipe", choices=["paper", "authors"], default="paper",
@@ -109,7 +110,7 @@ def build_parser():
     e.add_argument("--out", required=True, help="output .npz file")
     e.add_argument("--tokens", action="store_true", help="also store the patch tokens")
     e.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default 32)")
-    e.add_argument("--threads", type=positive_int, help="threads for the core (default: all cores)")
+    e.add_argument("--threads", type=thread_count, help="threads for the core (default: all cores)")
     e.set_defaults(run=embed)
 
     v = sub.add_parser("evaluate", help="measure an encoder: the paper's probes and transfer tasks, with a report",
@@ -125,7 +126,7 @@ def build_parser():
     v.add_argument("--out", default="runs/evaluate", help="output folder (default runs/evaluate)")
     v.add_argument("--quick", action="store_true", help="fewer trials and pairs, no sliding-window search")
     v.add_argument("--seed", type=seed_int, default=0, help="seed of the random-init encoder")
-    v.add_argument("--threads", type=positive_int, help="threads for the core (default: all cores)")
+    v.add_argument("--threads", type=thread_count, help="threads for the core (default: all cores)")
     v.set_defaults(run=evaluate)
     return parser
 

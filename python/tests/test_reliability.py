@@ -91,7 +91,14 @@ def test_probes_refuse_degenerate_input():
         probes.retrieval(enc, np.zeros((0, 64, 64), np.float32))
 
 
+def test_thread_counts_beyond_int32_are_named():
+    with pytest.raises(ace.ACEError, match="thread count"):
+        ace.set_num_threads(99_999_999_999)
+    assert ace.get_num_threads() >= 1
+
+
 @pytest.mark.parametrize("args", [["--steps", "-5"], ["--steps", "0"], ["--threads", "0"], ["--batch-size", "0"],
+                                  ["--threads", "99999999999"],
                                   ["--lr", "nan"], ["--precision", "fp16"], ["--recipe", "mine"]])
 def test_cli_refuses_nonsense_options(args, tmp_path):
     r = ace_cli("pretrain", "--preset", "vit_nano", "--out", tmp_path, *args)

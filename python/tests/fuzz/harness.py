@@ -32,6 +32,9 @@ WORKER = Path(__file__).with_name("worker.py")
 DEFAULT_TIMEOUT = float(os.environ.get("ACE_FUZZ_TIMEOUT", "60"))
 CLI_CASE_TIMEOUT = float(os.environ.get("ACE_FUZZ_CLI_TIMEOUT", "150")) + 30
 START_TIMEOUT = 180.0
+# A worker whose resident memory grew past this (a big case leaves glibc's heap large) is
+# replaced before the next case, so one case's memory cannot make a later one fail.
+RECYCLE_MB = int(os.environ.get("ACE_FUZZ_RECYCLE_MB", "3000"))
 
 
 class WorkerStartError(RuntimeError):
@@ -52,7 +55,10 @@ def _signal_name(code):
 def _crash_summary(log_tail):
     """The most telling line of a dead worker's stderr: the core's fatal error, or the
     innermost Python frame faulthandler printed."""
-    lines = [line.strip() for line in log_tail.splitlines() if line.strip()]
+    marker = log_tail.rfind("--- case ")
+    if marker >= 0:
+        log_tail = log_tail[marker:]
+    lines = [line.strip() for line in log_tail.splitlines()[1:] if line.strip()]
     for line in lines:
         if re.search(r"Fatal error|fatal error|failed to allocate|Assertion|Illegal|Segmentation|terminate",
                      line):
@@ -76,6 +82,9 @@ class Harness:
         self.findings = []               # failing cases (fail, crash, hang)
         self.notes = []                  # things worth a look the property allows
         self.seconds = Counter()
+        self.max_rss_mb = 0
+        self.slowest = []                # (seconds, worker MB, case) of the slowest cases
+        self.recycled = 0
 
     # ------------------------------------------------------------------ worker lifecycle
     def _start(self):
@@ -202,6 +211,10 @@ class Harness:
         seconds = time.monotonic() - t0
         if isinstance(answer, dict):
             answer.setdefault("seconds", seconds)
+            self.max_rss_mb = max(self.max_rss_mb, answer.get("rss_mb", 0))
+            if answer.get("rss_mb", 0) > RECYCLE_MB:
+                self.recycled += 1
+                self._kill()
             return answer
         if answer == "timeout":
             tail = self._log_tail()
@@ -231,6 +244,8 @@ class Harness:
         self.counts[category] += 1
         self.verdicts[(category, verdict["verdict"], verdict["kind"])] += 1
         self.seconds[category] += verdict.get("seconds", 0.0)
+        self.slowest.append((verdict.get("seconds", 0.0), verdict.get("rss_mb", 0), repr(case)[:300]))
+        self.slowest = sorted(self.slowest, reverse=True)[:10]
         if verdict["verdict"] == "note":
             self.notes.append({"category": category, "case": case, **verdict})
         if verdict["verdict"] != "fail":
@@ -266,7 +281,8 @@ class Harness:
                  f"{sum(1 for f in self.findings if f['kind'] == 'crash')} crashes, "
                  f"{sum(1 for f in self.findings if f['kind'] == 'hang')} hangs, "
                  f"{len(self.findings)} failing cases in {len(self.distinct())} distinct kinds, "
-                 f"{len(self.notes)} notes; {self.starts} worker starts"]
+                 f"{len(self.notes)} notes; {self.starts} worker starts ({self.recycled} for memory, "
+                 f"largest worker {self.max_rss_mb} MB)"]
         for sig, count, f in self.distinct():
             lines.append(f"  [{f['category']}] x{count} {sig}")
         return "\n".join(lines)

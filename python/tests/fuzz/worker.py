@@ -45,6 +45,8 @@ import zlib
 import numpy as np
 
 ARRAY = "__array__"          # marker key of an array spec
+REPEAT = "__repeat__"        # (REPEAT, text, n): text * n, built here (keeps huge strings out of reprs)
+DROP = "__drop__"            # a config field or DICOM element to remove
 PATH = "__path__"            # marker key of a path spec (a file or folder this worker creates)
 
 # The tiny training run of python/tests/test_trainer.py's size class: vit_nano, 2 images,
@@ -79,6 +81,16 @@ DTYPES = {
     "bytes": np.bytes_, "datetime64": "datetime64[s]", "timedelta64": "timedelta64[s]",
     "void": "V4", "record": [("a", np.float32), ("b", np.float32)],
 }
+
+
+def repeat(text, n):
+    return (REPEAT, text, n)
+
+
+def text_of(value):
+    if isinstance(value, tuple) and len(value) == 3 and value[0] == REPEAT:
+        return value[1] * value[2]
+    return value
 
 
 def _shape_entry(entry, ctx):
@@ -128,6 +140,10 @@ def _values(fill, shape, rng):
             return np.full(shape, 1e-42)
         if fill in ("nan", "inf", "-inf"):
             return np.full(shape, float(fill))
+    if isinstance(fill, tuple) and len(fill) == 3 and fill[0] == "uniform":
+        return rng.uniform(fill[1], fill[2], shape)
+    if isinstance(fill, tuple) and len(fill) == 2 and fill[0] == "ints":   # integers in [0, n)
+        return rng.integers(0, max(1, fill[1]), shape).astype(np.float64)
     if isinstance(fill, int) and not isinstance(fill, bool) and abs(fill) >= 2**53:
         return np.full(shape, fill, dtype=object)
     if isinstance(fill, (bool, int, float)):
@@ -236,13 +252,20 @@ def resolve(value, ctx):
     if isinstance(value, dict):
         if ARRAY in value:
             ctx.counter += 1
-            return make_array(value[ARRAY], ctx, seed=ctx.counter)
+            a = make_array(value[ARRAY], ctx, seed=ctx.counter)
+            if ctx.get("track_images") and isinstance(a, np.ndarray) and a.ndim == 3:
+                # Probe arguments after a batch of images (landmarks, labels, masks) may
+                # use its N, H, W.
+                ctx.update(N=a.shape[0], H=a.shape[1], W=a.shape[2])
+            return a
         if PATH in value:
             return make_path(value[PATH], ctx)
         return {k: resolve(v, ctx) for k, v in value.items()}
     if isinstance(value, list):
         return [resolve(v, ctx) for v in value]
     if isinstance(value, tuple):
+        if len(value) == 3 and value[0] == REPEAT:
+            return text_of(value)
         return tuple(resolve(v, ctx) for v in value)
     return value
 
@@ -317,6 +340,22 @@ def failed(kind, detail, signature=None):
 def noted(kind, detail, signature=None):
     return {"verdict": "note", "kind": kind, "detail": str(detail)[:2000],
             "signature": f"{kind}: {signature if signature is not None else _sig(detail)}"}
+
+
+@contextlib.contextmanager
+def preparing(what):
+    """Errors of the fuzz code itself (building a case's inputs) are not findings about ace:
+    they end the case as "harness-error"."""
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001
+        raise Finding(failed("harness-error", f"{what}: {type(exc).__name__}: {exc} (at {_where_any(exc)})",
+                             f"{what}: {type(exc).__name__}")) from None
+
+
+def _where_any(exc):
+    tb = traceback.extract_tb(exc.__traceback__)
+    return f"{os.path.basename(tb[-1].filename)}:{tb[-1].lineno} in {tb[-1].name}" if tb else ""
 
 
 class Finding(Exception):
@@ -528,9 +567,10 @@ def mutate_checkpoint(raw, data_ops=(), json_ops=(), fix_crc=False, byte_ops=())
             except (KeyError, TypeError, ValueError):
                 pass
         elif kind == "config_raw" and meta is not None:
-            meta[op[1]] = op[2]
+            meta[op[1]] = text_of(op[2])
         elif kind == "raw":
-            text_override = op[1] if isinstance(op[1], bytes) else op[1].encode("utf-8", "surrogatepass")
+            raw_text = text_of(op[1])
+            text_override = raw_text if isinstance(raw_text, bytes) else raw_text.encode("utf-8", "surrogatepass")
         elif kind == "pad":
             text_override = None
             header_text_padded = json.dumps(header).encode() + b" " * op[1]
@@ -568,9 +608,6 @@ def mutate_checkpoint(raw, data_ops=(), json_ops=(), fix_crc=False, byte_ops=())
         elif kind == "append":
             out += op[1]
     return bytes(out)
-
-
-DROP = "__drop__"
 
 
 def _region_pos(buf, region, pos):
@@ -615,12 +652,11 @@ def op_sanity(case, ctx):
     if action == "memory_message":
         raise MemoryError("cannot allocate 10 GiB for the test")
     if action == "nonfinite_model":
-        # A model poisoned behind the API's back must be caught by the same check the
-        # checkpoint cases use.
-        enc = ace_module().Encoder("vit_nano", **ENCODER_KW)
-        name, shape = enc._tensors[0]
-        enc._native.set_tensor(0, np.full(shape, np.nan, np.float32))
-        check_finite_model(enc, "sanity encoder")
+        # A model holding NaN must be caught by the same check the checkpoint cases use.
+        class Poisoned:
+            def state_dict(self):
+                return {"cls_token": np.full((1, 1, 96), np.nan, np.float32)}
+        check_finite_model(Poisoned(), "sanity encoder")
     if action == "cli":
         return check_cli(case["rc"], case["stderr"], case.get("command", "pretrain"), case.get("folder"))
     return passed()
@@ -641,13 +677,14 @@ def run_encoder_calls(enc, calls, ctx, label="encoder"):
     last_train = None
     for call in calls:
         name, args, kwargs = call[0], list(call[1]) if len(call) > 1 else [], dict(call[2]) if len(call) > 2 else {}
-        if name == "backward" and args and args[0] == "match":
-            shape = last_train if last_train is not None else (1, 1, 1)
-            args = [make_array({"dtype": kwargs.pop("dtype", "float32"), "shape": list(shape),
-                                "fill": kwargs.pop("fill", "normal"), "layout": kwargs.pop("layout", "c")})]
-        if name == "load_state_dict" and args and isinstance(args[0], dict) and "__state__" in args[0]:
-            args = [make_state(enc, args[0]["__state__"], ctx)]
-        args, kwargs = resolve(args, ctx), resolve(kwargs, ctx)
+        with preparing("inputs"):
+            if name == "backward" and args and args[0] == "match":
+                shape = last_train if last_train is not None else (1, 1, 1)
+                args = [make_array({"dtype": kwargs.pop("dtype", "float32"), "shape": list(shape),
+                                    "fill": kwargs.pop("fill", "normal"), "layout": kwargs.pop("layout", "c")})]
+            if name == "load_state_dict" and args and isinstance(args[0], dict) and "__state__" in args[0]:
+                args = [make_state(enc, args[0]["__state__"], ctx)]
+            args, kwargs = resolve(args, ctx), resolve(kwargs, ctx)
         mutating = name in ("adamw_step", "load_state_dict")
         before = weights(enc) if mutating else None
         try:
@@ -736,8 +773,10 @@ def make_state(enc, spec, ctx):
 
 def op_encoder(case, ctx):
     ace = ace_module()
-    kwargs = resolve(case.get("kwargs", {}), ctx)
-    enc = ace.Encoder(resolve(case.get("preset", "vit_nano"), ctx), **kwargs)
+    with preparing("inputs"):
+        kwargs = resolve(case.get("kwargs", {}), ctx)
+        preset = resolve(case.get("preset", "vit_nano"), ctx)
+    enc = ace.Encoder(preset, **kwargs)
     return run_encoder_calls(enc, case.get("calls", ()), ctx)
 
 
@@ -761,6 +800,8 @@ def build_config(build, fields, ctx):
     if how == "from_json":
         return ace.PretrainConfig.from_json(fields if isinstance(fields, (str, bytes)) else
                                             json.dumps({**base, **fields}))
+    if how == "from_json_text":
+        return ace.PretrainConfig.from_json(fields)
     if how == "recipe":
         merged = {**base, **fields}
         if isinstance(fields.get("grid"), dict):
@@ -785,16 +826,19 @@ def op_trainer(case, ctx):
     step must leave the trainer exactly as it was; a successful one must leave finite
     weights and statistics."""
     ace = ace_module()
-    fields = resolve(case.get("fields", {}), ctx)
+    with preparing("inputs"):
+        fields = resolve(case.get("fields", {}), ctx)
+        trainer_kwargs = resolve(case.get("trainer_kwargs", {}), ctx)
     cfg = build_config(case.get("build", "ctor"), fields, ctx)
-    t = ace.Trainer(cfg, **resolve(case.get("trainer_kwargs", {}), ctx))
+    t = ace.Trainer(cfg, **trainer_kwargs)
     ctx.update(S=t.config.grid.image_size, B=t.config.batch_size)
     for call in case.get("calls", ()):
         name, args = call[0], call[1] if len(call) > 1 else []
         if name in ("student", "teacher"):
             run_encoder_calls(getattr(t, name), args, ctx, label=f"trainer.{name}")
             continue
-        args = resolve(args, ctx)
+        with preparing("inputs"):
+            args = resolve(args, ctx)
         before = trainer_state(t) if name == "step" else None
         try:
             if name == "step":
@@ -840,13 +884,16 @@ def op_trainer(case, ctx):
 def op_grid_crops(case, ctx):
     ace = ace_module()
     config = case.get("config", "default")
+    with preparing("inputs"):
+        fields = resolve(config[2], ctx) if isinstance(config, tuple) and config[0] == "config" else None
+        raw_config = resolve(config, ctx) if fields is None else None
+        kwargs = resolve(case.get("kwargs", {}), ctx)
     if config == "default":
         cfg = None
-    elif isinstance(config, tuple) and config[0] == "config":
-        cfg = build_config(config[1], resolve(config[2], ctx), ctx)
+    elif fields is not None:
+        cfg = build_config(config[1], fields, ctx)
     else:
-        cfg = resolve(config, ctx)
-    kwargs = resolve(case.get("kwargs", {}), ctx)
+        cfg = raw_config
     out = ace.grid_crops(cfg, **kwargs) if cfg is not None or case.get("pass_none") else ace.grid_crops(**kwargs)
     for d in out:
         for k in ("t_comp", "t_decomp"):
@@ -858,8 +905,10 @@ def op_grid_crops(case, ctx):
 def op_threads(case, ctx):
     ace = ace_module()
     before = ace.get_num_threads()
+    with preparing("inputs"):
+        values = resolve(case["values"], ctx)
     try:
-        for value in resolve(case["values"], ctx):
+        for value in values:
             try:
                 ace.set_num_threads(value)
             except Exception as exc:  # noqa: BLE001
@@ -892,8 +941,10 @@ def op_probe(case, ctx):
     from ace import probes
     enc = ace.Encoder("vit_nano", **ENCODER_KW)
     fn = getattr(probes, case["name"])
-    args = resolve(case.get("args", []), ctx)
-    kwargs = resolve(case.get("kwargs", {}), ctx)
+    ctx.update(track_images=True, N=2, H=32, W=32)
+    with preparing("inputs"):
+        args = resolve(case.get("args", []), ctx)
+        kwargs = resolve(case.get("kwargs", {}), ctx)
     result = fn(*args, **kwargs) if case["name"] == "dice" else fn(enc, *args, **kwargs)
     key = PROBE_HEADLINES.get(case["name"])
     if key and isinstance(result, dict):
@@ -962,8 +1013,9 @@ def dicom_bytes(edits):
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
     ds.PixelData = (np.arange(9 * 13, dtype=np.uint16) * 30).tobytes()
     for key, value in edits.items():
+        value = text_of(value)
         try:
-            if value is DROP:
+            if value == DROP:
                 delattr(ds, key)
             else:
                 setattr(ds, key, value)
@@ -1021,11 +1073,12 @@ def op_image(case, ctx):
     folder = os.path.join(ctx.folder, "images")
     os.makedirs(folder, exist_ok=True)
     paths = []
-    for i, (suffix, spec) in enumerate(case["files"]):
-        p = os.path.join(folder, f"f{i}{suffix}")
-        with open(p, "wb") as f:
-            f.write(image_bytes(spec))
-        paths.append(p)
+    with preparing("image files"):
+        for i, (suffix, spec) in enumerate(case["files"]):
+            p = os.path.join(folder, f"f{i}{suffix}")
+            with open(p, "wb") as f:
+                f.write(image_bytes(spec))
+            paths.append(p)
     ok_errors = (data.ImageReadError,)
     how = case.get("call", "read_image")
     import warnings
@@ -1055,7 +1108,8 @@ def op_image(case, ctx):
                 return failed("bad-image", "load_images returned non-finite values", "load_images range")
         elif how == "stream":
             try:
-                stream = data.ImageStream(folder, case.get("batch", 2), case.get("size", 32), seed=0)
+                stream = data.ImageStream(folder, case.get("batch", 2), case.get("size", 32), seed=0,
+                                          **case.get("stream_kwargs", {}))
                 try:
                     batch = next(iter(stream))
                 finally:
@@ -1075,11 +1129,12 @@ def op_load(case, ctx):
     that either succeeds with finite results or is refused leaving the run untouched, and
     save to a file that loads again."""
     ace = ace_module()
-    raw = mutate_checkpoint(base_bytes(case["base"]), case.get("data_ops", ()), case.get("json_ops", ()),
-                            case.get("fix_crc", False), case.get("byte_ops", ()))
-    path = os.path.join(ctx.folder, "mutated.safetensors")
-    with open(path, "wb") as f:
-        f.write(raw)
+    with preparing("checkpoint mutation"):
+        raw = mutate_checkpoint(base_bytes(case["base"]), case.get("data_ops", ()), case.get("json_ops", ()),
+                                case.get("fix_crc", False), case.get("byte_ops", ()))
+        path = os.path.join(ctx.folder, "mutated.safetensors")
+        with open(path, "wb") as f:
+            f.write(raw)
     loader = case.get("loader", case["base"])
     if loader == "encoder":
         enc = ace.Encoder.load(path)
@@ -1189,6 +1244,124 @@ def op_native(case, ctx):
     elif fn == "tensor":
         enc = ace.Encoder("vit_nano", **ENCODER_KW)
         getattr(enc._native, case["method"])(*args)
+    elif fn == "reinit":
+        # __init__ called again on an existing handle (possible from Python without ctypes):
+        # on a trainer's student/teacher the handle belongs to the trainer.
+        t = _tiny_trainer()
+        owner = {"student": t.student, "teacher": t.teacher,
+                 "encoder": ace.Encoder("vit_nano", **ENCODER_KW)}[case["which"]]
+        try:
+            owner._native.__init__(*args)
+        except Exception:  # noqa: BLE001
+            pass
+        owner.forward_features(np.zeros((1, 1, 32, 32), np.float32))
+        t.step(np.random.default_rng(0).random((2, 64, 64), dtype=np.float32))
+        del t, owner
+        import gc
+        gc.collect()
+        _tiny_trainer()
+    return passed()
+
+
+# ----------------------------------------------------------------------------- lifetimes and threads
+
+def _tiny_trainer(**fields):
+    ace = ace_module()
+    return ace.Trainer(ace.PretrainConfig(**{**json.loads(json.dumps(TINY)), **fields}))
+
+
+def op_lifetime(case, ctx):
+    """An encoder obtained from an object that is then dropped (a trainer's student or
+    teacher, a loaded run's, a copy's original), used after a garbage collection and some
+    allocation churn: its weights must still be there (no use after free)."""
+    import gc
+    ace = ace_module()
+    source = case["source"]
+    if source in ("student", "teacher"):
+        owner = _tiny_trainer()
+        owner.step(np.random.default_rng(0).random((2, 64, 64), dtype=np.float32))
+        enc = getattr(owner, source)
+    elif source in ("loaded_student", "loaded_teacher"):
+        owner = ace.Trainer.load(base_file("trainer"))
+        enc = getattr(owner, source.split("_")[1])
+    else:
+        owner = ace.Encoder("vit_nano", **ENCODER_KW)
+        enc = owner.copy()
+    expected = weights(enc)
+    del owner
+    gc.collect()
+    for _ in range(case.get("churn", 0)):
+        # Other handles created and freed where the dropped one lived.
+        t = _tiny_trainer()
+        del t
+        gc.collect()
+    if not same_state(expected, weights(enc)):
+        raise Finding(failed("lifetime", f"the weights of an encoder from a dropped {source} changed after the "
+                             f"owner was freed", f"{source} weights change after the owner is freed"))
+    return run_encoder_calls(enc, case.get("calls", ()), ctx, label=source)
+
+
+def op_concurrent(case, ctx):
+    """Calls on one encoder or trainer from several Python threads at once (the core
+    serializes them). Each call succeeds or is refused; nothing crashes or deadlocks, and a
+    model that only ran forwards is unchanged."""
+    import threading
+    ace = ace_module()
+    trainer = _tiny_trainer() if case["target"] == "trainer" else None
+    enc = trainer.student if trainer is not None else ace.Encoder("vit_nano", **ENCODER_KW)
+    ctx.update(encoder_symbols(enc))
+    with preparing("inputs"):
+        plans = [[(name, resolve(args, ctx)) for name, args in calls] for calls in case["threads"]]
+    errors = []
+    start = threading.Barrier(len(plans))
+
+    def work(i, calls):
+        try:
+            start.wait(timeout=30)
+        except threading.BrokenBarrierError:
+            return
+        for name, args in calls:
+            try:
+                if name == "step":
+                    trainer.step(*args)
+                elif name == "trainer_save":
+                    trainer.save(os.path.join(ctx.folder, f"t{i}.safetensors"))
+                elif name == "save":
+                    enc.save(os.path.join(ctx.folder, f"e{i}.safetensors"))
+                elif name == "threads":
+                    ace.set_num_threads(*args)
+                elif name == "precision":
+                    enc.precision = args[0]
+                elif name == "load_own_state":
+                    enc.load_state_dict(enc.state_dict())
+                elif name == "backward_match":
+                    out = enc.forward_train(np.zeros((1, 1, 32, 32), np.float32))
+                    enc.backward(np.ones_like(out))
+                else:
+                    getattr(enc, name)(*args)
+            except Exception as exc:  # noqa: BLE001
+                errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i, calls), daemon=True) for i, calls in enumerate(plans)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + case.get("join_timeout", 40)
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    if any(t.is_alive() for t in threads):
+        # A deadlock: end the case as a hang without waiting for the harness's timeout.
+        faulthandler.dump_traceback(all_threads=True)
+        return failed("hang", f"{sum(t.is_alive() for t in threads)} of {len(threads)} threads still running after "
+                      f"{case.get('join_timeout', 40)} s: a deadlock?", "concurrent calls deadlock")
+    for exc in errors:
+        verdict = classify_exception(exc)
+        if verdict["verdict"] != "pass":
+            return verdict
+    if trainer is not None:
+        check_finite_model(trainer.student, "after concurrent calls: student")
+        check_finite_model(trainer.teacher, "after concurrent calls: teacher")
+    else:
+        check_finite_model(enc, "after concurrent calls")
     return passed()
 
 
@@ -1286,6 +1459,8 @@ def cli_placeholder(token, ctx):
         with open(p, "w", encoding="utf-8", errors="surrogateescape") as f:
             f.write(arg.replace("|", "\n"))
         return p
+    if name == "CONFIGDEEP":
+        name, arg = "CONFIG", "[" * 100_000
     if name == "CONFIG":
         p = os.path.join(folder, "config.json")
         with open(p, "w", encoding="utf-8", errors="surrogateescape") as f:
@@ -1353,7 +1528,8 @@ def make_jsrt(folder, spec):
 
 
 def op_cli(case, ctx):
-    args = [cli_placeholder(a, ctx) for a in case["args"]]
+    with preparing("command-line files"):
+        args = [cli_placeholder(a, ctx) for a in case["args"]]
     env = dict(os.environ, PYTHONFAULTHANDLER="1", PYTHONWARNINGS="ignore", MPLBACKEND="Agg")
     proc = subprocess.Popen([sys.executable, "-m", "ace", *args], cwd=ctx.folder, stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True)
@@ -1369,9 +1545,28 @@ def op_cli(case, ctx):
     return check_cli(proc.returncode, stderr, args[0], ctx.folder)
 
 
-OPS = {"sanity": op_sanity, "encoder": op_encoder, "trainer": op_trainer, "grid_crops": op_grid_crops,
+def op_phantom(case, ctx):
+    """The procedural phantom (what training and evaluation use without data)."""
+    from ace.data import phantom, phantom_set
+    with preparing("inputs"):
+        args = resolve(case.get("args", ()), ctx)
+    fn = case["fn"]
+    if fn == "generate":
+        p = phantom.generate(*args)
+        images = p.image[None]
+    elif fn == "batch":
+        images, _ = phantom.batch(*args)
+    else:
+        images = phantom_set(*args).images
+    images = np.asarray(images)
+    if images.size and (not np.isfinite(images).all() or images.min() < 0 or images.max() > 1):
+        return failed("bad-image", f"phantom.{fn} gave values outside [0, 1]", f"phantom.{fn} range")
+    return passed()
+
+
+OPS = {"phantom": op_phantom, "sanity": op_sanity, "encoder": op_encoder, "trainer": op_trainer, "grid_crops": op_grid_crops,
        "threads": op_threads, "probe": op_probe, "image": op_image, "load": op_load, "native": op_native,
-       "cli": op_cli}
+       "cli": op_cli, "lifetime": op_lifetime, "concurrent": op_concurrent}
 
 
 def run_case(case, folder):
@@ -1460,7 +1655,19 @@ def serve(fd_in, fd_out, work):
         t0 = time.perf_counter()
         verdict = run_case(case, os.path.join(work, f"case-{os.getpid()}-{n}"))
         verdict["seconds"] = time.perf_counter() - t0
+        verdict["rss_mb"] = rss_mb()
         write_frame(fd_out, verdict)
+
+
+def rss_mb():
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return 0
 
 
 def case_summary(case):
