@@ -6,16 +6,21 @@ public final class Attention {
     public let qkv: Linear, proj: Linear
     public let dim: Int, heads: Int, headDim: Int
     let scale: Float
-    let qkvOut = Tensor([0])    // (B, T, 3C)
-    let probs = Tensor([0])     // (B, H, T, T) softmax rows
-    let context = Tensor([0])   // (B, T, C) heads concatenated
+    /// The layer's own activations, and the set the last forward used (the shared set of
+    /// `InferenceScratch` for a forward that keeps nothing for backward).
+    private let own = AttentionActivations()
+    private var acts: AttentionActivations
+    var qkvOut: Tensor { acts.qkvOut }
+    var probs: Tensor { acts.probs }
+    var context: Tensor { acts.context }
+    var headProduct: Tensor { acts.headProduct }
+    var qHeads: BF16Buffer { acts.qHeads }
+    var kHeads: BF16Buffer { acts.kHeads }
+    var vHeads: BF16Buffer { acts.vHeads }
+    var probsBF16: BF16Buffer { acts.probsBF16 }
+    let dOutHeads = BF16Buffer()
     let scratch: BackwardScratch
     var batch = 0, tokens = 0
-    /// bf16 copies of Q, K, V and of the probabilities (or their gradient), per head, and the
-    /// per-head fp32 products, all (B * H, T, headDim or T); used by the bf16 path only.
-    let qHeads = BF16Buffer(), kHeads = BF16Buffer(), vHeads = BF16Buffer(), probsBF16 = BF16Buffer()
-    let dOutHeads = BF16Buffer()
-    let headProduct = Tensor([0])
     /// Which path the last forward took (backward must take the same one).
     var usedBF16 = false
 
@@ -26,6 +31,7 @@ public final class Attention {
 
     public init(_ name: String, _ dim: Int, heads: Int, scratch: BackwardScratch = BackwardScratch()) {
         self.scratch = scratch
+        acts = own
         self.dim = dim
         self.heads = heads
         headDim = dim / heads
@@ -36,13 +42,16 @@ public final class Attention {
 
     public var parameters: [Parameter] { qkv.parameters + proj.parameters }
 
-    public func forward(_ x: Tensor, into y: Tensor) {
+    /// With `shared` the activations go to that set (inference: nothing is kept for backward).
+    public func forward(_ x: Tensor, into y: Tensor, shared: AttentionActivations? = nil) {
+        acts = shared ?? own
+        let keep = shared == nil
         let b = x.shape[0], t = x.shape[1], c = dim, d = headDim, hN = heads
         batch = b; tokens = t
-        qkv.forward(x, into: qkvOut)
+        qkv.forward(x, into: qkvOut, keepInput: keep)
         probs.reshape([b, hN, t, t]); context.reshape([b, t, c])
         usedBF16 = precision == .bf16 && attendBF16()
-        if usedBF16 { proj.forward(context, into: y); return }
+        if usedBF16 { proj.forward(context, into: y, keepInput: keep); return }
         let base = qkvOut.data, ps = probs.data, ctx = context.data, s = scale
         parallelWorkers(b * hN, minPerChunk: 1) { range, _ in
           for bh in range {
@@ -55,7 +64,7 @@ public final class Attention {
             serialGemm(m: t, n: d, k: t, a: p, b: v, ldb: 3 * c, c: ctx + bi * t * c + h * d, ldc: c)
           }
         }
-        proj.forward(context, into: y)
+        proj.forward(context, into: y, keepInput: keep)
     }
 
     public func backward(_ dy: Tensor, into dx: Tensor) {
@@ -86,8 +95,7 @@ public final class Attention {
             // dS = P * (dP - rowsum(dP * P)), folded with the scale of the scores.
             for r in 0..<t {
                 let pr = p + r * t, dr = dp + r * t
-                var dot: Float = 0
-                for j in 0..<t { dot += pr[j] * dr[j] }
+                let dot = laneDot(pr, dr, t)
                 for j in 0..<t { dr[j] = s * pr[j] * (dr[j] - dot) }
             }
             // dQ = dS K, dK = dS^T Q.
@@ -99,21 +107,29 @@ public final class Attention {
     }
 }
 
+/// What an attention forward writes and its backward reads: (B, T, 3C) qkv outputs, (B, H, T, T)
+/// softmax rows, (B, T, C) context; for bf16, the bf16 copies of Q, K, V and of the
+/// probabilities, and the per-head fp32 products, all (B * H, T, headDim or T).
+public final class AttentionActivations {
+    let qkvOut = Tensor([0]), probs = Tensor([0]), context = Tensor([0]), headProduct = Tensor([0])
+    let qHeads = BF16Buffer(), kHeads = BF16Buffer(), vHeads = BF16Buffer(), probsBF16 = BF16Buffer()
+
+    public init() {}
+}
+
 @inline(__always)
 func softmaxRow(_ p: UnsafeMutablePointer<Float>, _ n: Int) {
     // Max and sum run on 16 independent lanes: a single accumulator is a serial dependency
     // chain that keeps the loop from vectorizing.
     let lanes = n / 16 * 16
     var maxes = SIMD16<Float>(repeating: -.infinity)
-    for j in stride(from: 0, to: lanes, by: 16) {
-        maxes = pointwiseMax(maxes, UnsafeRawPointer(p + j).loadUnaligned(as: SIMD16<Float>.self))
-    }
-    var m = maxes.max()
+    for j in stride(from: 0, to: lanes, by: 16) { maxes = lanewiseMax(maxes, loadSIMD16(p + j)) }
+    var m = horizontalMax(maxes)
     for j in lanes..<n { m = max(m, p[j]) }
     for j in 0..<n { p[j] = fastExp(p[j] - m) }
     var sums = SIMD16<Float>()
-    for j in stride(from: 0, to: lanes, by: 16) { sums += UnsafeRawPointer(p + j).loadUnaligned(as: SIMD16<Float>.self) }
-    var sum = sums.sum()
+    for j in stride(from: 0, to: lanes, by: 16) { sums += loadSIMD16(p + j) }
+    var sum = horizontalSum(sums)
     for j in lanes..<n { sum += p[j] }
     let inv = 1 / sum
     for j in 0..<n { p[j] *= inv }

@@ -56,14 +56,7 @@ extension Attention {
         parallelChunks(bh * t, minPerChunk: 64) { rows in
             for r in rows {
                 let pr = ps + r * t, dr = dp + r * t
-                var dots = SIMD16<Float>()
-                let lanes = t / 16 * 16
-                for j in stride(from: 0, to: lanes, by: 16) {
-                    dots += UnsafeRawPointer(pr + j).loadUnaligned(as: SIMD16<Float>.self)
-                        * UnsafeRawPointer(dr + j).loadUnaligned(as: SIMD16<Float>.self)
-                }
-                var dot = dots.sum()
-                for j in lanes..<t { dot += pr[j] * dr[j] }
+                let dot = laneDot(pr, dr, t)
                 for j in 0..<t { dr[j] = s * pr[j] * (dr[j] - dot) }
             }
         }

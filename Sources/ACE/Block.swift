@@ -32,6 +32,17 @@ public final class Block {
         return output
     }
 
+    /// Inference in place: x += attn(norm1(x)), then x += mlp(norm2(x)) (drop path is the
+    /// identity), with every intermediate in `shared` and nothing kept for backward.
+    public func infer(_ x: Tensor, shared s: InferenceScratch) {
+        norm1.forward(x, into: s.normed, keep: false)
+        attn.forward(s.normed, into: s.branch, shared: s.attention)
+        add(s.branch, into: x)
+        norm2.forward(x, into: s.normed, keep: false)
+        mlp.infer(s.normed, into: s.branch, hidden: s.hidden)
+        add(s.branch, into: x)
+    }
+
     /// dy -> dx (may be the same tensor as dy).
     public func backward(_ dy: Tensor, into dx: Tensor) {
         let (dMid, dBranch, dNorm) = (scratch.dMid, scratch.dBranch, scratch.dNorm)

@@ -33,3 +33,66 @@ public func fastErf(_ x: Float) -> Float {
     let y = 1 - poly * t * fastExp(-ax * ax)
     return x < 0 ? -y : y
 }
+
+// SIMD16 helpers. The standard library's `pointwiseMax`, `max()` and `sum()` on SIMD types
+// are generic loops over lanes that compile to one scalar at a time through the stack
+// (6x slower for a softmax row); comparisons with `replacing(with:where:)` and halving
+// additions lower to vector instructions.
+
+@inline(__always)
+func loadSIMD16(_ p: UnsafePointer<Float>) -> SIMD16<Float> {
+    UnsafeRawPointer(p).loadUnaligned(as: SIMD16<Float>.self)
+}
+
+@inline(__always)
+func lanewiseMax(_ a: SIMD16<Float>, _ b: SIMD16<Float>) -> SIMD16<Float> { a.replacing(with: b, where: b .> a) }
+
+@inline(__always)
+func horizontalMax(_ v: SIMD16<Float>) -> Float {
+    let a = v.lowHalf.replacing(with: v.highHalf, where: v.highHalf .> v.lowHalf)
+    let b = a.lowHalf.replacing(with: a.highHalf, where: a.highHalf .> a.lowHalf)
+    let c = b.lowHalf.replacing(with: b.highHalf, where: b.highHalf .> b.lowHalf)
+    return max(c[0], c[1])
+}
+
+@inline(__always)
+func horizontalSum(_ v: SIMD16<Float>) -> Float {
+    let a = v.lowHalf + v.highHalf
+    let b = a.lowHalf + a.highHalf
+    let c = b.lowHalf + b.highHalf
+    return c[0] + c[1]
+}
+
+/// x[0] + ... + x[n-1], on 16 lanes.
+@inline(__always)
+func laneSum(_ x: UnsafePointer<Float>, _ n: Int) -> Float {
+    let lanes = n / 16 * 16
+    var acc = SIMD16<Float>()
+    for j in stride(from: 0, to: lanes, by: 16) { acc += loadSIMD16(x + j) }
+    var s = horizontalSum(acc)
+    for j in lanes..<n { s += x[j] }
+    return s
+}
+
+/// sum_j (x[j] - mean)^2, on 16 lanes.
+@inline(__always)
+func laneSquaredDeviations(_ x: UnsafePointer<Float>, _ n: Int, mean: Float) -> Float {
+    let lanes = n / 16 * 16
+    var acc = SIMD16<Float>()
+    let m = SIMD16<Float>(repeating: mean)
+    for j in stride(from: 0, to: lanes, by: 16) { let d = loadSIMD16(x + j) - m; acc += d * d }
+    var s = horizontalSum(acc)
+    for j in lanes..<n { let d = x[j] - mean; s += d * d }
+    return s
+}
+
+/// sum_j a[j] b[j], on 16 lanes.
+@inline(__always)
+func laneDot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) -> Float {
+    let lanes = n / 16 * 16
+    var acc = SIMD16<Float>()
+    for j in stride(from: 0, to: lanes, by: 16) { acc += loadSIMD16(a + j) * loadSIMD16(b + j) }
+    var s = horizontalSum(acc)
+    for j in lanes..<n { s += a[j] * b[j] }
+    return s
+}

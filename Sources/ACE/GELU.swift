@@ -7,9 +7,11 @@ public final class GELU {
     public init() {}
 
     public func forward(_ x: Tensor, into y: Tensor) {
+        y.reshape(x.shape)
+        let xs = x.data, ys = y.data
         input = x   // kept by reference: the caller owns x until backward
-        cdf.reshape(x.shape); y.reshape(x.shape)
-        let xs = x.data, ys = y.data, ps = cdf.data
+        cdf.reshape(x.shape)
+        let ps = cdf.data
         parallelChunks(x.count, minPerChunk: 4096) { range in
             for i in range {
                 let v = xs[i]
@@ -17,6 +19,15 @@ public final class GELU {
                 ps[i] = p
                 ys[i] = v * p
             }
+        }
+    }
+
+    /// x <- GELU(x), keeping nothing for backward (inference). One pointer: with separate
+    /// input and output pointers that alias, the loop would take its scalar fallback.
+    public func applyInPlace(_ x: Tensor) {
+        let xs = x.data
+        parallelChunks(x.count, minPerChunk: 4096) { range in
+            for i in range { let v = xs[i]; xs[i] = v * (0.5 * (1 + fastErf(v * 0.70710678118654752))) }
         }
     }
 

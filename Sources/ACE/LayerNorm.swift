@@ -16,26 +16,30 @@ public final class LayerNorm {
 
     public var parameters: [Parameter] { [weight, bias] }
 
-    public func forward(_ x: Tensor, into y: Tensor) {
+    /// `keep: false` (inference) stores nothing for backward.
+    public func forward(_ x: Tensor, into y: Tensor, keep: Bool = true) {
         let rows = x.count / dim, c = dim
-        y.reshape(x.shape); xhat.reshape(x.shape); rstd.reshape([rows])
+        y.reshape(x.shape)
+        if keep { xhat.reshape(x.shape); rstd.reshape([rows]) }
         let g = weight.value.data, b = bias.value.data
         let xs = x.data, ys = y.data, hs = xhat.data, rs = rstd.data
         parallelChunks(rows) { range in
             for r in range {
                 let xr = xs + r * c
-                var mean: Float = 0
-                for j in 0..<c { mean += xr[j] }
-                mean /= Float(c)
-                var variance: Float = 0
-                for j in 0..<c { let d = xr[j] - mean; variance += d * d }
+                let mean = laneSum(xr, c) / Float(c)
+                let variance = laneSquaredDeviations(xr, c, mean: mean)
                 let inv = 1 / (variance / Float(c) + eps).squareRoot()
-                rs[r] = inv
-                let hr = hs + r * c, yr = ys + r * c
-                for j in 0..<c {
-                    let h = (xr[j] - mean) * inv
-                    hr[j] = h
-                    yr[j] = h * g[j] + b[j]
+                let yr = ys + r * c
+                if keep {
+                    rs[r] = inv
+                    let hr = hs + r * c
+                    for j in 0..<c {
+                        let h = (xr[j] - mean) * inv
+                        hr[j] = h
+                        yr[j] = h * g[j] + b[j]
+                    }
+                } else {
+                    for j in 0..<c { yr[j] = (xr[j] - mean) * inv * g[j] + b[j] }
                 }
             }
         }
@@ -50,8 +54,16 @@ public final class LayerNorm {
         parallelChunks(rows) { range in
             for r in range {
                 let dyr = dys + r * c, hr = hs + r * c, dxr = dxs + r * c
-                var m1: Float = 0, m2: Float = 0
-                for j in 0..<c {
+                // mean(g*dy) and mean(g*dy*xhat) on 16 lanes (a scalar sum is a serial chain).
+                let lanes = c / 16 * 16
+                var acc1 = SIMD16<Float>(), acc2 = SIMD16<Float>()
+                for j in stride(from: 0, to: lanes, by: 16) {
+                    let gd = loadSIMD16(g + j) * loadSIMD16(dyr + j)
+                    acc1 += gd
+                    acc2 += gd * loadSIMD16(hr + j)
+                }
+                var m1 = horizontalSum(acc1), m2 = horizontalSum(acc2)
+                for j in lanes..<c {
                     let gd = g[j] * dyr[j]
                     m1 += gd
                     m2 += gd * hr[j]

@@ -28,15 +28,16 @@ public final class Linear {
         bias.value.zero()
     }
 
-    /// x: (..., in) -> y: (..., out). The caller must not modify x before backward.
-    public func forward(_ x: Tensor, into y: Tensor) {
+    /// x: (..., in) -> y: (..., out). The caller must not modify x before backward
+    /// (`keepInput: false`: no backward follows, nothing is kept).
+    public func forward(_ x: Tensor, into y: Tensor, keepInput: Bool = true) {
         let rows = x.count / inFeatures
         y.reshape(Array(x.shape.dropLast()) + [outFeatures])
         let b = bias.value.data
         for r in 0..<rows { (y.data + r * outFeatures).update(from: b, count: outFeatures) }
         gemm(transB: true, m: rows, n: outFeatures, k: inFeatures,
              a: x.data, b: weight.value.data, beta: 1, c: y.data, precision: precision)
-        input = x
+        input = keepInput ? x : nil
     }
 
     /// Accumulates dW += dy^T x, db += sum_rows dy; writes dx = dy W (unless dx is nil).

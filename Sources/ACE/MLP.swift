@@ -32,6 +32,15 @@ public final class MLP {
         fc2.forward(a, into: y)
     }
 
+    /// The GELU form's forward without keeping anything for backward: the hidden layer and its
+    /// activation share `hidden` (inference).
+    func infer(_ x: Tensor, into y: Tensor, hidden: Tensor) {
+        precondition(norm == nil, "inference without saved activations is for the GELU form")
+        fc1.forward(x, into: hidden, keepInput: false)
+        act.applyInPlace(hidden)
+        fc2.forward(hidden, into: y, keepInput: false)
+    }
+
     public func backward(_ dy: Tensor, into dx: Tensor) {
         fc2.backward(dy, into: scratch.dActivation)
         if let norm {

@@ -8,3 +8,13 @@ public final class BackwardScratch {
 
     public init() {}
 }
+
+/// Buffers of an inference forward, shared by every block of a model: blocks run one after
+/// another and keep nothing for backward, so the peak memory is one block's intermediates
+/// instead of all of them (for vit_tiny at batch 32, about 90 MB instead of 1.2 GB).
+public final class InferenceScratch {
+    let normed = Tensor([0]), branch = Tensor([0]), hidden = Tensor([0])
+    let attention = AttentionActivations()
+
+    public init() {}
+}

@@ -148,7 +148,7 @@ public final class Trainer {
 
         var stepRNG = rng
         let s = try student.forward(views, training: true, rng: &stepRNG)
-        let t = try teacher.forward(views)
+        let t = try teacher.infer(views)   // the teacher never runs backward
 
         dTokens.reshape([2 * b, tokens, c]); dTokens.zero()
         var stats = Stats()

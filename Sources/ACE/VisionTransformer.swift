@@ -11,6 +11,7 @@ public final class VisionTransformer {
     public let output = Tensor([0])
     private let patches = Tensor([0]), tokens = Tensor([0])
     private let grad = Tensor([0]), gradPatches = Tensor([0])
+    private let inference = InferenceScratch()
     private var gridShape = (0, 0)
 
     /// How the products of every linear layer and of attention are computed (the
@@ -74,11 +75,26 @@ public final class VisionTransformer {
         return output
     }
 
-    /// Inference forward (no drop path, no randomness needed).
+    /// Inference forward (no drop path, no randomness needed), keeping what backward needs.
     @discardableResult
     public func forward(_ x: Tensor) throws -> Tensor {
         var rng = RNG(seed: 0)
         return try forward(x, training: false, rng: &rng)
+    }
+
+    /// Inference forward that keeps nothing for backward (as `forward(x)` otherwise): the
+    /// blocks update the tokens in place and share one set of intermediate buffers. A
+    /// backward must not follow it.
+    @discardableResult
+    public func infer(_ x: Tensor) throws -> Tensor {
+        try checkInput(x)
+        let h = x.shape[2] / config.patchSize, w = x.shape[3] / config.patchSize
+        gridShape = (h, w)
+        patchEmbed.forward(x, into: patches)
+        position.forward(patches, h: h, w: w, into: tokens)
+        for b in blocks { b.infer(tokens, shared: inference) }
+        norm.forward(tokens, into: output, keep: false)
+        return output
     }
 
     /// Backward of the last forward: accumulates every parameter gradient and, when dx is

@@ -183,7 +183,7 @@ private func runForward(_ h: UnsafeMutableRawPointer?, _ x: UnsafePointer<Float>
         input.data.update(from: x, count: input.count)
         // Any forward replaces the activations a pending backward would need.
         e.lastOutputCount = 0
-        let y = try e.model.forward(input, training: training, rng: &e.rng)
+        let y = training ? try e.model.forward(input, training: true, rng: &e.rng) : try e.model.infer(input)
         guard Int64(y.count) == outCount else {
             throw ACEError("output buffer holds \(outCount) values, the encoder produces \(y.count)")
         }

@@ -106,3 +106,19 @@ extension BF16Tests {
         }
     }
 }
+
+/// `infer` (shared buffers, nothing kept) computes exactly what `forward` computes.
+final class InferenceTests: XCTestCase {
+    func testInferEqualsForwardBitForBit() throws {
+        let model = try VisionTransformer(try ViTConfig(preset: "vit_nano", imgSize: 64), seed: 2)
+        var rng = RNG(seed: 4)
+        let x = randomTensor([3, 1, 64, 64], &rng)
+        for p in OneDNN.shared == nil ? [Precision.fp32] : [.fp32, .bf16] {
+            model.precision = p
+            let kept = try model.forward(x).array
+            let shared = try model.infer(x).array
+            XCTAssertEqual(kept, shared, "\(p)")
+        }
+        model.precision = .fp32
+    }
+}
