@@ -10,16 +10,20 @@ public final class Attention {
     /// `InferenceScratch` for a forward that keeps nothing for backward).
     private let own = AttentionActivations()
     private var acts: AttentionActivations
-    var qkvOut: Tensor { acts.qkvOut }
+    /// The qkv outputs of the last forward. A bf16 training forward puts them in the shared
+    /// scratch: its backward reads the bf16 per-head copies instead (and recomputes them should
+    /// it have to fall back to fp32).
+    private(set) var qkvOut: Tensor
+    private var qkvOutShared = false
     var probs: Tensor { acts.probs }
     var context: Tensor { acts.context }
-    var headProduct: Tensor { acts.headProduct }
+    var headProduct: Tensor { scratch.headProduct }
     var qHeads: BF16Buffer { acts.qHeads }
     var kHeads: BF16Buffer { acts.kHeads }
     var vHeads: BF16Buffer { acts.vHeads }
     var probsBF16: BF16Buffer { acts.probsBF16 }
     let dOutHeads = BF16Buffer()
-    let scratch: BackwardScratch
+    let scratch: BlockScratch
     var batch = 0, tokens = 0
     /// Which path the last forward took (backward must take the same one).
     var usedBF16 = false
@@ -29,9 +33,10 @@ public final class Attention {
         didSet { qkv.precision = precision; proj.precision = precision }
     }
 
-    public init(_ name: String, _ dim: Int, heads: Int, scratch: BackwardScratch = BackwardScratch()) {
+    public init(_ name: String, _ dim: Int, heads: Int, scratch: BlockScratch = BlockScratch()) {
         self.scratch = scratch
         acts = own
+        qkvOut = own.qkvOut
         self.dim = dim
         self.heads = heads
         headDim = dim / heads
@@ -46,6 +51,8 @@ public final class Attention {
     public func forward(_ x: Tensor, into y: Tensor, shared: AttentionActivations? = nil) {
         acts = shared ?? own
         let keep = shared == nil
+        qkvOutShared = keep && precision == .bf16
+        qkvOut = qkvOutShared ? scratch.qkvOut : acts.qkvOut
         let b = x.shape[0], t = x.shape[1], c = dim, d = headDim, hN = heads
         batch = b; tokens = t
         qkv.forward(x, into: qkvOut, keepInput: keep)
@@ -73,6 +80,7 @@ public final class Attention {
         proj.backward(dy, into: dContext)
         dQKV.reshape([b, t, 3 * c])
         if usedBF16 && attendBackwardBF16() { qkv.backward(dQKV, into: dx); return }
+        if qkvOutShared { qkv.recompute(into: qkvOut) }
         // One scratch slice per worker: read the worker count once, so a concurrent
         // set_num_threads cannot make the split exceed the slices.
         let workers = workerCount
@@ -109,9 +117,9 @@ public final class Attention {
 
 /// What an attention forward writes and its backward reads: (B, T, 3C) qkv outputs, (B, H, T, T)
 /// softmax rows, (B, T, C) context; for bf16, the bf16 copies of Q, K, V and of the
-/// probabilities, and the per-head fp32 products, all (B * H, T, headDim or T).
+/// probabilities, (B * H, T, headDim or T).
 public final class AttentionActivations {
-    let qkvOut = Tensor([0]), probs = Tensor([0]), context = Tensor([0]), headProduct = Tensor([0])
+    let qkvOut = Tensor([0]), probs = Tensor([0]), context = Tensor([0])
     let qHeads = BF16Buffer(), kHeads = BF16Buffer(), vHeads = BF16Buffer(), probsBF16 = BF16Buffer()
 
     public init() {}

@@ -3,12 +3,12 @@ public final class Block {
     public let norm1: LayerNorm, attn: Attention, norm2: LayerNorm, mlp: MLP
     public let dropPath: DropPath, dropPath2: DropPath
     public let output = Tensor([0])
-    private let n1 = Tensor([0]), a = Tensor([0]), mid = Tensor([0])
-    private let n2 = Tensor([0]), m = Tensor([0])
-    private let scratch: BackwardScratch
+    /// The LayerNorm outputs, which the following linear layers keep for backward.
+    private let n1 = Tensor([0]), n2 = Tensor([0])
+    private let scratch: BlockScratch
 
     public init(_ name: String, dim: Int, heads: Int, mlpRatio: Int, dropPath rate: Float,
-                scratch: BackwardScratch = BackwardScratch()) {
+                scratch: BlockScratch = BlockScratch()) {
         self.scratch = scratch
         norm1 = LayerNorm("\(name).norm1", dim)
         attn = Attention("\(name).attn", dim, heads: heads, scratch: scratch)
@@ -22,7 +22,10 @@ public final class Block {
         norm1.parameters + attn.parameters + norm2.parameters + mlp.parameters
     }
 
+    /// The branch outputs and the stream between the two additions are not needed by backward:
+    /// they live in the scratch shared by the model's blocks.
     public func forward(_ x: Tensor, training: Bool, rng: inout RNG) -> Tensor {
+        let (a, mid, m) = (scratch.branch, scratch.mid, scratch.branch)
         norm1.forward(x, into: n1)
         attn.forward(n1, into: a)
         dropPath.forward(residual: x, branch: a, into: mid, training: training, rng: &rng)

@@ -1,8 +1,8 @@
 /// Exact GELU, x * Phi(x) with Phi(x) = (1 + erf(x / sqrt 2)) / 2, as timm's nn.GELU()
-/// (erf to 1.5e-7, see FastMath).
+/// (erf to 1.5e-7, see FastMath). Backward recomputes Phi from the input instead of keeping it:
+/// an erf costs less than storing and reloading a (B, T, 4C) tensor per block.
 public final class GELU {
     private var input = Tensor([0])
-    private let cdf = Tensor([0])
 
     public init() {}
 
@@ -10,15 +10,8 @@ public final class GELU {
         y.reshape(x.shape)
         let xs = x.data, ys = y.data
         input = x   // kept by reference: the caller owns x until backward
-        cdf.reshape(x.shape)
-        let ps = cdf.data
         parallelChunks(x.count, minPerChunk: 4096) { range in
-            for i in range {
-                let v = xs[i]
-                let p = 0.5 * (1 + fastErf(v * 0.70710678118654752))
-                ps[i] = p
-                ys[i] = v * p
-            }
+            for i in range { let v = xs[i]; ys[i] = v * (0.5 * (1 + fastErf(v * 0.70710678118654752))) }
         }
     }
 
@@ -34,12 +27,13 @@ public final class GELU {
     /// d/dx [x Phi(x)] = Phi(x) + x phi(x).
     public func backward(_ dy: Tensor, into dx: Tensor) {
         dx.reshape(dy.shape)
-        let xs = input.data, ps = cdf.data, dys = dy.data, dxs = dx.data
+        let xs = input.data, dys = dy.data, dxs = dx.data
         parallelChunks(dy.count, minPerChunk: 4096) { range in
             for i in range {
                 let v = xs[i]
+                let cdf = 0.5 * (1 + fastErf(v * 0.70710678118654752))
                 let pdf = 0.39894228040143268 * fastExp(-0.5 * v * v)
-                dxs[i] = dys[i] * (ps[i] + v * pdf)
+                dxs[i] = dys[i] * (cdf + v * pdf)
             }
         }
     }

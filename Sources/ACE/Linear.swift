@@ -40,9 +40,16 @@ public final class Linear {
         input = keepInput ? x : nil
     }
 
-    /// Accumulates dW += dy^T x, db += sum_rows dy; writes dx = dy W (unless dx is nil).
-    public func backward(_ dy: Tensor, into dx: Tensor?) {
+    /// y = x W^T + b again for the input kept by the last forward (activation recomputation).
+    func recompute(into y: Tensor) {
         guard let x = input else { return }
+        forward(x, into: y)
+    }
+
+    /// Accumulates dW += dy^T x, db += sum_rows dy; writes dx = dy W (unless dx is nil).
+    /// `input` replaces the kept input when the forward's was recomputed.
+    public func backward(_ dy: Tensor, into dx: Tensor?, input recomputed: Tensor? = nil) {
+        guard let x = recomputed ?? input else { return }
         let rows = dy.count / outFeatures
         gemm(transA: true, m: outFeatures, n: inFeatures, k: rows,
              a: dy.data, b: x.data, beta: 1, c: weight.grad.data, precision: precision)

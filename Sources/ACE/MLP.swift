@@ -8,10 +8,10 @@ public final class MLP {
     public let norm: LayerNorm?
     private let act = GELU()
     private let h = Tensor([0]), normed = Tensor([0]), a = Tensor([0])
-    private let scratch: BackwardScratch
+    private let scratch: BlockScratch
 
     public init(_ name: String, _ inFeatures: Int, _ hidden: Int, _ outFeatures: Int? = nil,
-                kind: Kind = .gelu, scratch: BackwardScratch = BackwardScratch()) {
+                kind: Kind = .gelu, scratch: BlockScratch = BlockScratch()) {
         self.scratch = scratch
         fc1 = Linear("\(name).fc1", inFeatures, hidden, bias: kind == .gelu)
         norm = kind == .authors ? LayerNorm("\(name).norm", hidden) : nil
@@ -22,13 +22,16 @@ public final class MLP {
 
     public func forward(_ x: Tensor, into y: Tensor) {
         fc1.forward(x, into: h)
-        if let norm {
-            norm.forward(h, into: normed)
-            a.reshape(normed.shape)
-            for i in 0..<normed.count { a[i] = max(normed[i], 0) }
-        } else {
-            act.forward(h, into: a)
+        guard let norm else {
+            // The activation is recomputed from h in backward (one erf per value), so it lives
+            // in the blocks' shared scratch instead of in every layer.
+            act.forward(h, into: scratch.activated)
+            fc2.forward(scratch.activated, into: y, keepInput: false)
+            return
         }
+        norm.forward(h, into: normed)
+        a.reshape(normed.shape)
+        for i in 0..<normed.count { a[i] = max(normed[i], 0) }
         fc2.forward(a, into: y)
     }
 
@@ -42,14 +45,16 @@ public final class MLP {
     }
 
     public func backward(_ dy: Tensor, into dx: Tensor) {
-        fc2.backward(dy, into: scratch.dActivation)
+        let (dActivation, dHidden) = (scratch.dActivation, scratch.dHidden)
         if let norm {
-            let d = scratch.dActivation
-            for i in 0..<d.count where normed[i] <= 0 { d[i] = 0 }   // ReLU
-            norm.backward(d, into: scratch.dHidden)
+            fc2.backward(dy, into: dActivation)
+            for i in 0..<dActivation.count where normed[i] <= 0 { dActivation[i] = 0 }   // ReLU
+            norm.backward(dActivation, into: dHidden)
         } else {
-            act.backward(scratch.dActivation, into: scratch.dHidden)
+            act.forward(h, into: scratch.activated)
+            fc2.backward(dy, into: dActivation, input: scratch.activated)
+            act.backward(dActivation, into: dHidden)
         }
-        fc1.backward(scratch.dHidden, into: dx)
+        fc1.backward(dHidden, into: dx)
     }
 }

@@ -34,7 +34,7 @@ public final class VisionTransformer {
         patchEmbed = PatchEmbed("patch_embed", inChans: config.inChans, dim: c, patch: config.patchSize)
         position = PositionEmbedding(grid: config.grid, dim: c)
         // Stochastic depth grows linearly with depth, as in timm.
-        let scratch = BackwardScratch()
+        let scratch = BlockScratch()
         blocks = (0..<config.depth).map { i in
             let rate = config.depth > 1 ? config.dropPath * Float(i) / Float(config.depth - 1) : config.dropPath
             return Block("blocks.\(i)", dim: c, heads: config.numHeads, mlpRatio: config.mlpRatio, dropPath: rate,
