@@ -1,5 +1,3 @@
-import Glibc
-
 /// The composition / decomposition matching loss (DESIGN.md section 5), per sample:
 ///   M[i, j] = sigmoid(s * cos(y[i], z[j])),  y = teacher tokens (no gradient), z = student's
 ///   composed or decomposed tokens, and the loss is the mean over all entries of
@@ -30,8 +28,9 @@ public final class LocalMatchLoss {
                                weight: Float, dz: Tensor) -> Result {
         let b = z.shape[0], nz = z.shape[1], c = z.shape[2]
         dz.reshape(z.shape)
-        // Per sample: normalized teacher (N x C), normalized z (Nz x C), z norms, scores (N x Nz).
-        let per = n * c + nz * c + nz + n * nz
+        // Per sample: normalized teacher (N x C), normalized z (Nz x C), z norms, scores (N x Nz),
+        // one row of loss terms (Nz).
+        let per = n * c + nz * c + nz + n * nz + nz
         scratch.reshape([b, per])
         var losses = [Double](repeating: 0, count: b)
         var matched = [Int](repeating: 0, count: b), rows = [Int](repeating: 0, count: b)
@@ -43,7 +42,7 @@ public final class LocalMatchLoss {
         parallelChunks(b, minPerChunk: 1) { range in
             for bi in range {
                 let base = scratch.data + bi * per
-                let yHat = base, zHat = base + n * c, zNorm = zHat + nz * c, g = zNorm + nz
+                let yHat = base, zHat = base + n * c, zNorm = zHat + nz * c, g = zNorm + nz, terms = g + n * nz
                 normalizeRows(teacher + (bi * (1 + n) + 1) * c, rows: n, dim: c, into: yHat, norms: nil)
                 normalizeRows(z.data + bi * nz * c, rows: nz, dim: c, into: zHat, norms: zNorm)
                 serialGemm(transB: true, m: n, n: nz, k: c, a: yHat, b: zHat, c: g)
@@ -51,21 +50,24 @@ public final class LocalMatchLoss {
                 targets[bi].withUnsafeBufferPointer { t in
                     for i in 0..<n {
                         let row = g + i * nz, tr = t.baseAddress! + i * nz
-                        // The row is overwritten by its gradient below: keep the best score aside.
-                        var best = 0, bestTarget = 0, bestScore = -Float.infinity, rowHasTarget = false
-                        var rowLoss: Float = 0
+                        // The row is overwritten by its gradient below: find the best score first.
+                        var best = 0, bestTarget = 0, rowHasTarget = false
                         for j in 0..<nz {
-                            if row[j] > bestScore { best = j; bestScore = row[j] }
+                            if row[j] > row[best] { best = j }
                             if tr[j] > tr[bestTarget] { bestTarget = j }
                             if tr[j] > 0 { rowHasTarget = true }
+                        }
+                        // Branch-free, so that it vectorizes; the terms are summed on 16 lanes.
+                        for j in 0..<nz {
                             let u = s * row[j], target = tr[j]
                             let e = fastExp(-abs(u))
-                            let softplus = max(u, 0) + log1pf(e)
-                            let m = u >= 0 ? 1 / (1 + e) : e / (1 + e)
+                            let softplus = max(u, 0) + fastLog1p(e)
+                            let m = (u >= 0 ? 1 : e) / (1 + e)
                             let w = alpha * target + (1 - alpha) * (1 - target)
-                            rowLoss += w * (softplus - target * u)
+                            terms[j] = w * (softplus - target * u)
                             row[j] = w * (m - target) * s * gradScale
                         }
+                        let rowLoss = laneSum(terms, nz)
                         loss += Double(rowLoss)
                         if rowHasTarget {
                             rowsOut[bi] += 1
@@ -92,8 +94,7 @@ func normalizeRows(_ x: UnsafePointer<Float>, rows: Int, dim: Int, into y: Unsaf
                    norms: UnsafeMutablePointer<Float>?) {
     for r in 0..<rows {
         let xr = x + r * dim, yr = y + r * dim
-        var ss: Float = 0
-        for k in 0..<dim { ss += xr[k] * xr[k] }
+        let ss = laneDot(xr, xr, dim)
         let norm = max(ss.squareRoot(), 1e-6)
         norms?[r] = norm
         let inv = 1 / norm
@@ -106,8 +107,7 @@ func normalizeBackward(_ g: UnsafeMutablePointer<Float>, normalized y: UnsafePoi
                        norms: UnsafePointer<Float>, rows: Int, dim: Int) {
     for r in 0..<rows {
         let gr = g + r * dim, yr = y + r * dim
-        var dot: Float = 0
-        for k in 0..<dim { dot += gr[k] * yr[k] }
+        let dot = laneDot(gr, yr, dim)
         let inv = 1 / norms[r]
         for k in 0..<dim { gr[k] = (gr[k] - dot * yr[k]) * inv }
     }
