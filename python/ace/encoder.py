@@ -33,15 +33,19 @@ class Encoder:
         self.precision = precision
 
     @classmethod
-    def _wrap(cls, native, mean=JSRT_MEAN, std=JSRT_STD):
+    def _wrap(cls, native, mean=JSRT_MEAN, std=JSRT_STD, default_features="cls"):
         enc = cls.__new__(cls)
         enc._native = native
-        enc._init_common(mean, std)
+        enc._init_common(mean, std, default_features)
         return enc
 
-    def _init_common(self, mean, std):
+    def _init_common(self, mean, std, default_features="cls"):
         self.mean = require_float("mean", mean)
         self.std = require_float("std", std, positive=True)
+        # The representation the encoder's pretraining shapes: the mean of the patch tokens for
+        # ACE (its losses never touch the class token), the class token for DINO-style and
+        # timm-style encoders. Probes use it for features="default".
+        self.default_features = default_features
         # Shape of the last forward_train output: what backward expects (None: no pending one).
         self._pending_shape = None
         self._config = json.loads(self._native.config_json())
@@ -51,11 +55,14 @@ class Encoder:
     # ------------------------------------------------------------ persistence
     @classmethod
     def load(cls, path):
-        """Load an encoder saved by `save` (or any safetensors file with our metadata)."""
+        """Load an encoder saved by `save` (or any safetensors file with our metadata), or the
+        teacher of a training checkpoint, with that run's intensity mean/std and its method's
+        `default_features` ("mean" for ACE, "cls" for DINO-style)."""
         path = require_path("path", path)
         if not os.path.isfile(path):
             raise ACEError(f"no checkpoint file at {path}")
-        return cls._wrap(_native.load_encoder(path))
+        native = _native.load_encoder(path)   # checks the file (offsets, CRC-32) first
+        return cls._wrap(native, **_run_settings(path))
 
     def save(self, path):
         """Write a safetensors file atomically (timm names, config JSON in the metadata)."""
@@ -196,3 +203,17 @@ class Encoder:
         c = self._config
         return (f"Encoder({c['preset']!r}, in_chans={c['in_chans']}, img_size={c['img_size']}, "
                 f"params={self.num_params:,})")
+
+
+def _run_settings(path):
+    """mean, std and default_features of the run a training checkpoint comes from ({} for an
+    encoder checkpoint, which keeps the defaults)."""
+    from safetensors import safe_open
+
+    with safe_open(path, framework="numpy") as f:
+        metadata = f.metadata() or {}
+    if metadata.get("format") != "ace-trainer":
+        return {}
+    config = json.loads(metadata["config"])
+    return {"mean": config["mean"], "std": config["std"],
+            "default_features": "cls" if config["objective"] == "dino" else "mean"}

@@ -44,8 +44,9 @@ class Trainer:
     def _init_common(self, config):
         self.config = config
         mean, std = self.config.mean, self.config.std
-        self.student = Encoder._wrap(self._native.encoder(0), mean, std)
-        self.teacher = Encoder._wrap(self._native.encoder(1), mean, std)
+        features = "cls" if config.objective == "dino" else "mean"
+        self.student = Encoder._wrap(self._native.encoder(0), mean, std, features)
+        self.teacher = Encoder._wrap(self._native.encoder(1), mean, std, features)
 
     @property
     def precision(self):

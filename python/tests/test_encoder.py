@@ -288,3 +288,26 @@ def test_fine_tuning_misuse_raises(nano):
         twin.backward(np.zeros_like(feats))
     with pytest.raises(ace.ACEError, match="lr"):
         twin.adamw_step(-1.0)
+
+
+@pytest.mark.parametrize("objective, features", [("ace", "mean"), ("dino", "cls")])
+def test_training_checkpoint_loads_with_its_normalization_and_features(tmp_path, objective, features):
+    """A run trained with its own intensity statistics embeds identically after save/load,
+    and records which representation its method trains."""
+    config = ace.PretrainConfig(encoder="vit_nano", batch_size=2, mean=0.31, std=0.45, objective=objective,
+                                head_hidden=64, head_bottleneck=32, head_prototypes=64, precision="fp32",
+                                grid={"image_size": 256})
+    trainer = ace.Trainer(config, seed=1)
+    images = np.random.default_rng(0).integers(0, 256, (2, 256, 256), dtype=np.uint8)
+    trainer.step(images)
+    trainer.save(tmp_path / "run.safetensors")
+    loaded = ace.Encoder.load(tmp_path / "run.safetensors")
+    assert (loaded.mean, loaded.std) == (pytest.approx(0.31), pytest.approx(0.45))
+    assert loaded.default_features == trainer.teacher.default_features == features
+    loaded.precision = "fp32"
+    cls_a, tokens_a = trainer.teacher.embed(images)
+    cls_b, tokens_b = loaded.embed(images)
+    np.testing.assert_array_equal(cls_a, cls_b)
+    np.testing.assert_array_equal(tokens_a, tokens_b)
+    # With the JSRT defaults instead, the same weights give other embeddings.
+    assert not np.allclose(tokens_b, ace.Encoder._wrap(loaded._native).embed(images)[1])
