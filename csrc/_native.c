@@ -407,6 +407,28 @@ static PyObject *grid_crops(PyObject *mod, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* resize(src float32 (N, H, W), out float32 (N, h, w)): the core's resampler, into out. */
+static PyObject *resize(PyObject *mod, PyObject *args) {
+    PyObject *so, *oo;
+    if (!PyArg_ParseTuple(args, "OO", &so, &oo)) return NULL;
+    PyArrayObject *src = float_array(so, 3, "images");
+    if (!src) return NULL;
+    if (!PyArray_Check(oo) || PyArray_TYPE((PyArrayObject *)oo) != NPY_FLOAT32 || PyArray_NDIM((PyArrayObject *)oo) != 3 ||
+        !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)oo) || PyArray_DIM((PyArrayObject *)oo, 0) != PyArray_DIM(src, 0)) {
+        Py_DECREF(src);
+        PyErr_SetString(ACEError, "resize: out must be a C-contiguous float32 (N, h, w) array with N images");
+        return NULL;
+    }
+    npy_intp *s = PyArray_DIMS(src), *o = PyArray_DIMS((PyArrayObject *)oo);
+    int32_t status;
+    Py_BEGIN_ALLOW_THREADS
+    status = ace_resize(PyArray_DATA(src), s[0], s[1], s[2], PyArray_DATA((PyArrayObject *)oo), o[1], o[2]);
+    Py_END_ALLOW_THREADS
+    Py_DECREF(src);
+    if (status) return raise_core_error();
+    Py_RETURN_NONE;
+}
+
 static PyObject *load_encoder(PyObject *mod, PyObject *args) {
     PyObject *path_obj;
     if (!PyArg_ParseTuple(args, "O&", PyUnicode_FSConverter, &path_obj)) return NULL;
@@ -516,6 +538,7 @@ static PyMethodDef module_methods[] = {
     {"set_num_threads", set_num_threads, METH_VARARGS, "Threads for BLAS and the core's kernels."},
     {"precision_info", precision_info, METH_NOARGS, "JSON: what 'auto' precision means on this machine."},
     {"get_num_threads", get_num_threads, METH_NOARGS, "Threads for BLAS and the core's kernels."},
+    {"resize", resize, METH_VARARGS, "resize(images (N,H,W), out (N,h,w)): the core's resampler"},
     {"gemm", gemm, METH_VARARGS, "gemm(a, b, trans_a=False, trans_b=False, precision='fp32') -> op(a) @ op(b)"},
     {NULL}};
 

@@ -64,6 +64,11 @@ int64_t ace_trainer_steps(void *trainer); /* steps taken so far */
 /* which: 0 student, 1 teacher; the encoder shares the trainer's weights. */
 int32_t ace_trainer_encoder(void *trainer, int32_t which, void **out);
 
+/* Resizes count single-channel images (height x width, contiguous) to out_height x out_width
+ * with the resampler that makes the training views (area average down, bilinear up). */
+int32_t ace_resize(const float *src, int64_t count, int64_t height, int64_t width, float *dst,
+                   int64_t out_height, int64_t out_width);
+
 /* Grid crops for inspection; buffers sized by the caller from the config (N = fine_cells^2):
  * boxes count x 8, o1 / o2 count x N, t_comp count x N x N/4, t_decomp count x N x 4N;
  * image (image_size^2) and views (count x input_size^2) may be NULL. lengths: the element

@@ -11,7 +11,7 @@ larger arrays are refused before any conversion or resize allocates memory.
 """
 import numpy as np
 
-from .data.images import resize as resize_image
+from .data.images import resize_batch
 from .errors import ACEError
 
 JSRT_MEAN = 0.757
@@ -84,7 +84,8 @@ def to_channels(images, in_chans, *, name="images"):
 
 
 def resize(x, size):
-    """(B, C, H, W) float32 -> (B, C, size, size), each image as `ace.data.resize` does."""
+    """(B, C, H, W) float32 -> (B, C, size, size) with the core's resampler (as training views)."""
     if x.shape[2] == size and x.shape[3] == size:
         return x
-    return np.stack([np.stack([resize_image(channel, size) for channel in image]) for image in x])
+    b, c, h, w = x.shape
+    return resize_batch(x.reshape(b * c, h, w), size).reshape(b, c, size, size)

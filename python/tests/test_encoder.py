@@ -1,6 +1,7 @@
 """ace.Encoder against an independent NumPy reference, checkpoints, and bad input."""
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +11,8 @@ from safetensors import safe_open
 import ace
 from ace import _native
 from reference_vit import vit_forward_features
+
+JSRT_IMAGES = Path(__file__).resolve().parents[3] / "shared" / "data" / "jsrt" / "images"
 
 
 def randn(*shape, seed=0):
@@ -311,3 +314,24 @@ def test_training_checkpoint_loads_with_its_normalization_and_features(tmp_path,
     np.testing.assert_array_equal(tokens_a, tokens_b)
     # With the JSRT defaults instead, the same weights give other embeddings.
     assert not np.allclose(tokens_b, ace.Encoder._wrap(loaded._native).embed(images)[1])
+
+
+@pytest.mark.skipif(not JSRT_IMAGES.is_dir(), reason=f"JSRT data not found at {JSRT_IMAGES}")
+def test_embed_sees_the_pixels_training_views_see():
+    """For the same radiograph and box, `Encoder.preprocess` (inference) produces exactly the
+    normalized pixels of the training view: one resampler for both."""
+    from PIL import Image
+
+    from ace.crops import grid_crops
+
+    image = np.asarray(Image.open(sorted(JSRT_IMAGES.glob("*.png"))[3]).convert("L"), np.float32) / 255
+    config = ace.PretrainConfig(encoder="vit_nano")
+    enc = ace.Encoder("vit_nano", img_size=config.grid.input_size, mean=config.mean, std=config.std)
+    sides = set()
+    for crop in grid_crops(config, seed=5, n=4, image=image):
+        for box, view in ((crop["c1_box"], crop["c1_view"]), (crop["c2_box"], crop["c2_view"])):
+            x0, y0, x1, y1 = box
+            sides.add(x1 - x0)
+            np.testing.assert_array_equal(enc.preprocess(image[None, y0:y1, x0:x1])[0, 0],
+                                          (view - config.mean) / config.std)
+    assert max(sides) == 2 * config.grid.input_size     # C2 views are real resizes, not copies

@@ -244,16 +244,26 @@ def _scan_folder(folder: Path) -> list[Path]:
 
 
 def resize(image: np.ndarray, size: int) -> np.ndarray:
-    """Resize a 2-D float image to ``size`` x ``size`` (Pillow bilinear on mode "F").
+    """Resize a 2-D float image to ``size`` x ``size`` with the core's resampler, the one that
+    makes the training views (area average when shrinking, bilinear when enlarging), so data
+    loading, training and inference all see the same pixels.
 
     The image is stretched, not cropped: radiographs are close to square and
     keeping every pixel of the field of view matters more than the aspect ratio.
     """
-    if image.shape == (size, size):
-        return image.astype(np.float32, copy=False)
-    # A float32 array becomes a mode "F" image: no 8-bit rounding.
-    resized = Image.fromarray(image.astype(np.float32, copy=False)).resize((size, size), Image.BILINEAR)
-    return np.asarray(resized, dtype=np.float32)
+    return resize_batch(np.asarray(image)[None], size)[0]
+
+
+def resize_batch(images: np.ndarray, size: int) -> np.ndarray:
+    """(N, H, W) float images -> float32 (N, size, size), as `resize`, in one native call."""
+    from .. import _native
+
+    images = np.ascontiguousarray(images, dtype=np.float32)
+    if images.shape[1:] == (size, size):
+        return images
+    out = np.empty((len(images), size, size), np.float32)
+    _native.resize(images, out)
+    return out
 
 
 def load_images(
