@@ -84,12 +84,15 @@ static PyObject *Encoder_config_json(EncoderObject *self, PyObject *unused) {
     return PyUnicode_FromString(ace_encoder_config(self->handle));
 }
 
+/* save(path, preprocessing_json=None) */
 static PyObject *Encoder_save(EncoderObject *self, PyObject *args) {
     PyObject *path_obj;
-    if (!check_handle(self) || !PyArg_ParseTuple(args, "O&", PyUnicode_FSConverter, &path_obj)) return NULL;
+    const char *preprocessing = NULL;
+    if (!check_handle(self) || !PyArg_ParseTuple(args, "O&|z", PyUnicode_FSConverter, &path_obj, &preprocessing))
+        return NULL;
     int32_t status;
     Py_BEGIN_ALLOW_THREADS
-    status = ace_encoder_save(self->handle, PyBytes_AS_STRING(path_obj));
+    status = ace_encoder_save(self->handle, PyBytes_AS_STRING(path_obj), preprocessing);
     Py_END_ALLOW_THREADS
     Py_DECREF(path_obj);
     if (status) return raise_core_error();

@@ -25,7 +25,8 @@ int32_t ace_encoder_create(const char *preset, int32_t in_chans, int32_t img_siz
 int32_t ace_encoder_create_from_json(const char *config_json, uint64_t seed, void **out);
 int32_t ace_encoder_load(const char *path, void **out);
 void ace_encoder_free(void *encoder);
-int32_t ace_encoder_save(void *encoder, const char *path);
+/* preprocessing: NULL or a JSON string stored as the file's "preprocessing" metadata. */
+int32_t ace_encoder_save(void *encoder, const char *path, const char *preprocessing);
 const char *ace_encoder_config(void *encoder);
 int32_t ace_encoder_num_tensors(void *encoder);
 int32_t ace_encoder_tensor_info(void *encoder, int32_t index, const char **name,

@@ -91,12 +91,16 @@ public func ace_encoder_free(_ h: UnsafeMutableRawPointer?) {
     Unmanaged<EncoderHandle>.fromOpaque(h).release()
 }
 
+/// Writes the encoder atomically; `preprocessing` (may be NULL) is stored verbatim under the
+/// metadata key "preprocessing": the caller's intensity normalization and default features.
 @_cdecl("ace_encoder_save")
-public func ace_encoder_save(_ h: UnsafeMutableRawPointer?, _ path: UnsafePointer<CChar>?) -> Int32 {
+public func ace_encoder_save(_ h: UnsafeMutableRawPointer?, _ path: UnsafePointer<CChar>?,
+                             _ preprocessing: UnsafePointer<CChar>?) -> Int32 {
     guarded {
         let e = try encoder(h)
         let p = try string(path, "path")
-        try e.locked { try e.model.save(to: p) }
+        let extra = preprocessing.map { ["preprocessing": String(cString: $0)] } ?? [:]
+        try e.locked { try e.model.save(to: p, extraMetadata: extra) }
     }
 }
 

@@ -8,7 +8,8 @@ from . import _native
 from .config import PRESETS
 from .errors import ACEError
 from .preprocess import JSRT_MEAN, JSRT_STD, check_image_size, resize, to_channels, to_unit_float
-from .validate import INT32_MAX, UINT64_MAX, require_float, require_int, require_path, require_real_array
+from .validate import (INT32_MAX, UINT64_MAX, require_choice, require_float, require_int, require_path,
+                       require_real_array)
 
 
 class Encoder:
@@ -65,8 +66,10 @@ class Encoder:
         return cls._wrap(native, **_run_settings(path))
 
     def save(self, path):
-        """Write a safetensors file atomically (timm names, config JSON in the metadata)."""
-        self._native.save(require_path("path", path))
+        """Write a safetensors file atomically: timm names, the config JSON and the
+        preprocessing (mean, std, default_features) in the metadata, applied again by `load`."""
+        preprocessing = {"mean": self.mean, "std": self.std, "default_features": self.default_features}
+        self._native.save(require_path("path", path), json.dumps(preprocessing, sort_keys=True))
 
     def copy(self):
         """An independent encoder with the same config and weights (no optimizer state)."""
@@ -206,14 +209,22 @@ class Encoder:
 
 
 def _run_settings(path):
-    """mean, std and default_features of the run a training checkpoint comes from ({} for an
-    encoder checkpoint, which keeps the defaults)."""
+    """mean, std and default_features saved with an encoder, or those of the run a training
+    checkpoint comes from ({} for files without them, which keep the defaults)."""
     from safetensors import safe_open
 
     with safe_open(path, framework="numpy") as f:
         metadata = f.metadata() or {}
-    if metadata.get("format") != "ace-trainer":
-        return {}
-    config = json.loads(metadata["config"])
-    return {"mean": config["mean"], "std": config["std"],
-            "default_features": "cls" if config["objective"] == "dino" else "mean"}
+    try:
+        if metadata.get("format") == "ace-trainer":
+            config = json.loads(metadata["config"])
+            return {"mean": config["mean"], "std": config["std"],
+                    "default_features": "cls" if config["objective"] == "dino" else "mean"}
+        if "preprocessing" in metadata:
+            saved = json.loads(metadata["preprocessing"])
+            return {"mean": saved["mean"], "std": saved["std"],
+                    "default_features": require_choice("default_features", saved["default_features"],
+                                                       ("cls", "mean"))}
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ACEError(f"{path}: damaged preprocessing metadata ({e!r})") from None
+    return {}

@@ -305,13 +305,16 @@ def test_training_checkpoint_loads_with_its_normalization_and_features(tmp_path,
     trainer.step(images)
     trainer.save(tmp_path / "run.safetensors")
     loaded = ace.Encoder.load(tmp_path / "run.safetensors")
-    assert (loaded.mean, loaded.std) == (pytest.approx(0.31), pytest.approx(0.45))
-    assert loaded.default_features == trainer.teacher.default_features == features
-    loaded.precision = "fp32"
+    loaded.save(tmp_path / "encoder.safetensors")          # and again through an encoder file
+    reloaded = ace.Encoder.load(tmp_path / "encoder.safetensors")
     cls_a, tokens_a = trainer.teacher.embed(images)
-    cls_b, tokens_b = loaded.embed(images)
-    np.testing.assert_array_equal(cls_a, cls_b)
-    np.testing.assert_array_equal(tokens_a, tokens_b)
+    for enc in (loaded, reloaded):
+        assert (enc.mean, enc.std) == (pytest.approx(0.31), pytest.approx(0.45))
+        assert enc.default_features == trainer.teacher.default_features == features
+        enc.precision = "fp32"
+        cls_b, tokens_b = enc.embed(images)
+        np.testing.assert_array_equal(cls_a, cls_b)
+        np.testing.assert_array_equal(tokens_a, tokens_b)
     # With the JSRT defaults instead, the same weights give other embeddings.
     assert not np.allclose(tokens_b, ace.Encoder._wrap(loaded._native).embed(images)[1])
 
