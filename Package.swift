@@ -1,10 +1,16 @@
 // swift-tools-version:5.9
 import PackageDescription
 
-// Release builds target AVX2+FMA (haswell); the elementwise kernels rely on it for speed.
-let fastFlags: [SwiftSetting] = [
-    .unsafeFlags(["-Ounchecked", "-enforce-exclusivity=unchecked", "-target-cpu", "haswell"]),
+// Release builds (what `pip install` builds) drop Swift's runtime checks and, on x86-64, target
+// AVX2+FMA (haswell): the elementwise kernels rely on it for speed. Debug builds (`swift test`)
+// are optimized too, but keep every check (bounds, overflow, exclusivity).
+var fastFlags: [SwiftSetting] = [
+    .unsafeFlags(["-Ounchecked", "-enforce-exclusivity=unchecked"], .when(configuration: .release)),
+    .unsafeFlags(["-O"], .when(configuration: .debug)),
 ]
+#if arch(x86_64)
+fastFlags.append(.unsafeFlags(["-target-cpu", "haswell"], .when(configuration: .release)))
+#endif
 
 let package = Package(
     name: "ACE",
