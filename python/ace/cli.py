@@ -265,9 +265,7 @@ def train_loop(trainer, stream, history, out, ckpt, start, total, every, interru
     metrics = out / "metrics.jsonl"
     # Rows written after the checkpoint being resumed belong to steps that will be redone.
     metrics.write_text("".join(json.dumps(r) + "\n" for r in history))
-    batches = iter(stream)
-    for _ in range(start):          # the data order continues where the run stopped
-        next(batches)
+    batches = iter(stream.seek(start))   # the data order continues where the run stopped
     bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, disable=None)
     with metrics.open("a") as log:
         for step in range(start, total):

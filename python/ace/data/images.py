@@ -328,8 +328,10 @@ class ImageStream:
     * A worker thread keeps ``prefetch`` batches ready, so decoding and
       copying overlap the native training step, which releases the GIL. An
       exception in the worker is re-raised in the consumer.
-    * ``iter(stream)`` (re)starts from the first epoch. ``close()`` (or
-      leaving a ``with`` block) stops the worker and waits for it to finish.
+    * ``iter(stream)`` (re)starts from the first epoch, or from the batch set by
+      ``seek`` (a resumed run continues its data order without producing the batches it
+      skips). ``close()`` (or leaving a ``with`` block) stops the worker and waits for it
+      to finish.
 
     ``paths`` lists the files behind the images (None for an array source).
     """
@@ -370,6 +372,14 @@ class ImageStream:
         self._stop = threading.Event()
         self._queue: queue.Queue = queue.Queue()
         self._done = False
+        self._start = 0
+
+    def seek(self, batch: int) -> "ImageStream":
+        """Make the next ``iter(stream)`` start at this batch of the sequence (0 = the first)."""
+        if batch < 0:
+            raise ValueError(f"batch must be non-negative, got {batch}")
+        self._start = batch
+        return self
 
     def __len__(self) -> int:
         """Batches per epoch."""
@@ -382,7 +392,7 @@ class ImageStream:
         self._done = False
         batches = _batch_sequence(
             self._images, self.paths, self._count, self.batch_size, self.size,
-            self.seed, self.shuffle, self.epochs,
+            self.seed, self.shuffle, self.epochs, self._start,
         )
         # The worker gets only what it needs, not ``self``: an abandoned stream
         # can then be garbage-collected, which stops its worker.
@@ -450,13 +460,17 @@ def _batch_sequence(
     seed: int,
     shuffle: bool,
     epochs: int | None,
+    skip: int = 0,
 ) -> Iterator[np.ndarray]:
-    """The batches of an ``ImageStream``, from memory or decoded from ``paths``."""
+    """The batches of an ``ImageStream`` after the first ``skip``, from memory or decoded
+    from ``paths``. Skipped epochs still draw their permutation: the order stays the same."""
     rng = np.random.default_rng(seed)
+    per_epoch = count // batch_size
     epoch = 0
     while epochs is None or epoch < epochs:
         order = rng.permutation(count) if shuffle else np.arange(count)
-        for start in range(0, count - batch_size + 1, batch_size):
+        first, skip = min(skip, per_epoch), skip - min(skip, per_epoch)
+        for start in range(first * batch_size, count - batch_size + 1, batch_size):
             index = order[start : start + batch_size]
             if images is not None:
                 yield images[index]
