@@ -1,7 +1,10 @@
 """ACE: anatomically consistent embeddings for radiographs, with a Swift numerical core.
 
 `import ace.data` works without the native core; the model classes load it on first use.
+The submodules `ace.data`, `ace.probes`, `ace.plots`, `ace.evaluate` and `ace.export` are
+imported on first access, so `import ace` stays fast (no matplotlib, no scikit-learn).
 """
+import importlib
 import os
 
 # oneDNN's bf16 products run on OpenMP threads; by default they spin after each product and
@@ -31,9 +34,15 @@ def _precision_info():
     return json.loads(_native.precision_info())
 
 
+# Imported on first attribute access: they pull in matplotlib, scikit-learn or SciPy.
+_LAZY_SUBMODULES = ("data", "probes", "plots", "evaluate", "export")
+
+
 def __getattr__(name):
     # The native extension is imported lazily so data loading and the phantom can be used
     # (and tested) on their own.
+    if name in _LAZY_SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
     if name == "Encoder":
         from .encoder import Encoder
         return Encoder

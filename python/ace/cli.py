@@ -1,4 +1,4 @@
-"""The `ace` command: `ace pretrain`, `ace embed` (and `python -m ace ...`)."""
+"""The `ace` command: `ace pretrain`, `ace embed`, `ace evaluate`, `ace export` (and `python -m ace ...`)."""
 import argparse
 import contextlib
 import glob
@@ -12,14 +12,30 @@ from pathlib import Path
 
 import numpy as np
 
-OBJECTIVES = {
-    "ace": ("ace", ["global", "comp", "decomp"]),
-    "dino": ("dino", ["global"]),
-    "comp": ("ace", ["comp"]),
-    "comp+decomp": ("ace", ["comp", "decomp"]),
-    "comp+decomp+global": ("ace", ["global", "comp", "decomp"]),
-}
+from .runconfig import OBJECTIVES, RUN_DEFAULTS
+
 PHANTOM_IMAGES = 64
+CONFIG_HELP = """\
+config files:
+  --config FILE (YAML, or JSON if it ends in .json) holds the options above but --config,
+  --set and --resume, by their long names with underscores (batch_size, checkpoint_every, ...),
+  and every ace.PretrainConfig field (head_prototypes, teacher_temp, ...; grid and augment nest
+  their fields). --set KEY=VALUE overrides single keys, dotted for nested fields; a VALUE is
+  read as YAML. Later sources win: the recipe, the file, --set, then options. Unknown keys are
+  errors. Relative paths (data, out) are taken from the current folder, as on the command line.
+
+    # run.yaml
+    data: images/
+    preset: vit_small
+    steps: 2000
+    lr: 1e-3
+    grid: {window: 5}
+
+    ace pretrain --config run.yaml --set seed=3 grid.window=3 augment.clahe_p=0.3 --out runs/a
+
+  OUT/config.yaml holds every resolved setting; ace pretrain --config OUT/config.yaml --out NEW
+  repeats the run exactly.
+"""
 
 
 def main(argv=None):
@@ -72,29 +88,35 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("pretrain", help="pretrain an encoder on a folder of images (or the phantom)",
-                       description="Pretrain an encoder with ACE (or a baseline). Writes OUT/config.json, "
-                                   "OUT/metrics.jsonl (one row per step), OUT/last.safetensors (the whole run, "
-                                   "atomically, every --checkpoint-every steps, at the end and on Ctrl-C or "
-                                   "SIGTERM, e.g. from a scheduler's time limit) and OUT/loss.png.")
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=CONFIG_HELP,
+                       description="Pretrain an encoder with ACE (or a baseline). Writes OUT/config.yaml (every\n"
+                                   "setting), OUT/config.json (the PretrainConfig), OUT/metrics.jsonl (one row per\n"
+                                   "step), TensorBoard event files (tensorboard --logdir OUT), OUT/last.safetensors\n"
+                                   "(the whole run, atomically, every --checkpoint-every steps, at the end and on\n"
+                                   "Ctrl-C or SIGTERM, e.g. from a scheduler's time limit) and OUT/loss.png. Warns\n"
+                                   "(once each, also in metrics.jsonl) when the run looks collapsed or stalled.")
     p.add_argument("--data", help="folder (recursive), image file or .txt list of PNG/JPEG/TIFF/DICOM; "
                                   f"omitted: {PHANTOM_IMAGES} procedural chest phantoms")
-    p.add_argument("--preset", default="vit_tiny", help="encoder: vit_nano, vit_tiny, vit_small, vit_base (default vit_tiny)")
-    p.add_argument("--objective", default="ace", choices=sorted(OBJECTIVES),
-                   help="ace (all three losses), dino (baseline: global loss on random-resized crops), or an ablation")
+    p.add_argument("--preset", help="encoder: vit_nano, vit_tiny, vit_small, vit_base (default vit_tiny)")
+    p.add_argument("--objective", choices=sorted(OBJECTIVES),
+                   help="ace (all three losses; the default), dino (baseline: global loss on random-resized crops), "
+                        "or an ablation")
     length = p.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=positive_int, help="passes over the data (default 50)")
     length.add_argument("--steps", type=positive_int, help="optimizer steps (instead of --epochs)")
-    p.add_argument("--batch-size", type=positive_int, default=16, help="images per step (default 16)")
+    p.add_argument("--batch-size", type=positive_int, help="images per step (default 16)")
     p.add_argument("--lr", type=finite_float, help="learning rate per 256 images (default 5e-4; scaled by batch/256)")
     p.add_argument("--image-size", type=positive_int,
                    help="images are resized to this square before grid cropping (default 512)")
     p.add_argument("--out", help="output folder (default runs/ace, or the resumed checkpoint's folder)")
     p.add_argument("--resume", help="continue the run saved in this checkpoint (e.g. OUT/last.safetensors)")
-    p.add_argument("--seed", type=seed_int, default=0, help="seed of the weights, crops, augmentation and data order")
+    p.add_argument("--seed", type=seed_int, help="seed of the weights, crops, augmentation and data order (default 0)")
     p.add_argument("--threads", type=thread_count, help="threads for the core (default: all cores)")
-    p.add_argument("--checkpoint-every", type=positive_int, default=100, help="steps between checkpoints (default 100)")
-    p.add_argument("--config", help="JSON file with PretrainConfig fields (command-line options override it)")
-    p.add_argument("--recipe", choices=["paper", "authors"], default="paper",
+    p.add_argument("--checkpoint-every", type=positive_int, help="steps between checkpoints (default 100)")
+    p.add_argument("--config", metavar="FILE", help="YAML or JSON file of settings (see config files below)")
+    p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="+", action="extend", default=[],
+                   help="override settings: lr=0.001 grid.window=5 (see config files below)")
+    p.add_argument("--recipe", choices=["paper", "authors"],
                    help="paper: the paper's settings (default); authors: the authors' released code where it "
                         "departs from the paper (the --config file and other options override it)")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"],
@@ -128,45 +150,40 @@ def build_parser():
     v.add_argument("--seed", type=seed_int, default=0, help="seed of the random-init encoder")
     v.add_argument("--threads", type=thread_count, help="threads for the core (default: all cores)")
     v.set_defaults(run=evaluate)
+
+    x = sub.add_parser("export", help="write an encoder as a timm model folder (model.safetensors + config.json)",
+                       description="Write the encoder of a checkpoint to OUT/model.safetensors and OUT/config.json "
+                                   "in timm's layout: timm.create_model('local-dir:OUT', pretrained=True) loads it, "
+                                   "and so does timm.create_model(ARCH, pretrained=True, in_chans=1, num_classes=0, "
+                                   "pretrained_cfg_overlay=dict(file='OUT/model.safetensors')) with the arguments "
+                                   "the command prints.")
+    x.add_argument("checkpoint", metavar="CKPT", help="training-run or encoder checkpoint (.safetensors)")
+    x.add_argument("--out", required=True, help="output folder")
+    x.add_argument("--which", choices=["teacher", "student"],
+                   help="encoder of a training run (default teacher); not for encoder files")
+    x.set_defaults(run=export)
     return parser
 
 
 # ----------------------------------------------------------------------------- pretrain
 
-def build_config(args, steps_per_epoch):
-    from .config import PretrainConfig
-    cfg = PretrainConfig.recipe(args.recipe, **(read_config(Path(args.config)) if args.config else {}))
-    cfg.encoder = args.preset
-    if args.precision is not None:
-        cfg.precision = args.precision
-    cfg.objective, cfg.losses = OBJECTIVES[args.objective]
-    cfg.batch_size = args.batch_size
-    if args.lr is not None:
-        cfg.lr = args.lr
-    if args.image_size is not None:
-        cfg.grid.image_size = args.image_size
-    cfg.steps_per_epoch = steps_per_epoch
-    if args.steps is not None:
-        # The schedules span whole epochs; the run stops after exactly --steps steps.
-        cfg.epochs = max(1, math.ceil(args.steps / steps_per_epoch))
-    elif args.epochs is not None:
-        cfg.epochs = args.epochs
-    return cfg
+# The command's options that are settings, by config key (argparse's dest is the same name).
+OPTION_KEYS = ("data", "preset", "objective", "epochs", "steps", "batch_size", "lr", "image_size", "out", "seed",
+               "threads", "checkpoint_every", "recipe", "precision")
 
 
-def read_config(path):
-    """The PretrainConfig fields of a JSON file (checked), with errors that name the file."""
-    from .config import PretrainConfig
-    from .errors import ACEError
-    try:
-        data = json.loads(path.read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ACEError(f"--config {path} is not valid JSON: {e}") from None
-    try:
-        PretrainConfig.from_dict(data)
-    except ACEError as e:
-        raise ACEError(f"--config {path}: {e}") from None
-    return data
+def resolve_settings(args):
+    """The run's settings from --config, --set and the options, later sources winning."""
+    from . import runconfig
+
+    layers = []
+    if args.config:
+        layers.append(runconfig.check_layer(args.config, runconfig.read_file(args.config)))
+    if args.overrides:
+        layers.append(runconfig.check_layer("--set", runconfig.parse_overrides(args.overrides)))
+    options = {key: getattr(args, key) for key in OPTION_KEYS if getattr(args, key) is not None}
+    layers.append(runconfig.check_layer("command line", options))
+    return runconfig.RunSettings(runconfig.merge(layers))
 
 
 def read_run_file(path):
@@ -181,44 +198,69 @@ def read_run_file(path):
         raise ACEError(f"{path} (written by the run being resumed) is damaged: {e!r}") from None
 
 
-def open_stream(args, image_size, batch_size):
+def open_stream(data, seed, image_size, batch_size):
     from .data import ImageStream, phantom
-    if args.data:
-        source = args.data
-    else:
-        source, _ = phantom.batch(range(PHANTOM_IMAGES), size=image_size)
-    return ImageStream(source, batch_size, image_size, seed=args.seed)
+    if data is None:
+        data, _ = phantom.batch(range(PHANTOM_IMAGES), size=image_size)
+    return ImageStream(data, batch_size, image_size, seed=seed)
+
+
+def start_run(args):
+    """A new run from the settings: (trainer, stream, run settings, total steps); writes the
+    settings into the run folder."""
+    import ace
+    from .trainer import Trainer
+
+    settings = resolve_settings(args)
+    run, cfg = settings.run, settings.config
+    if run["threads"] is not None:
+        ace.set_num_threads(run["threads"])
+    stream = open_stream(run["data"], run["seed"], cfg.grid.image_size, cfg.batch_size)
+    total = settings.fit_to_data(len(stream))
+    trainer = Trainer(cfg, seed=run["seed"])
+    out = Path(run["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(settings.to_yaml())
+    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    precision = dict(ace.precision_info(), precision=trainer.precision)
+    (out / "run.json").write_text(json.dumps({"seed": run["seed"], "data": run["data"], "steps": total,
+                                              "precision": precision}) + "\n")
+    (out / "metrics.jsonl").write_text("")
+    return trainer, stream, run, total
+
+
+def resume_run(args):
+    """The run saved in --resume, continued with the settings it started with."""
+    import ace
+    from .errors import ACEError
+    from .trainer import Trainer
+
+    if args.config or args.overrides:
+        raise ACEError("--resume continues a run with the settings it started with; --config and --set cannot "
+                       "change them")
+    if args.threads is not None:
+        ace.set_num_threads(args.threads)
+    trainer = Trainer.load(args.resume)
+    seed, data, total = read_run_file(Path(args.resume).parent / "run.json")
+    run = dict(RUN_DEFAULTS, seed=seed, data=args.data or data, out=args.out or str(Path(args.resume).parent))
+    if args.checkpoint_every is not None:
+        run["checkpoint_every"] = args.checkpoint_every
+    cfg = trainer.config
+    return trainer, open_stream(run["data"], seed, cfg.grid.image_size, cfg.batch_size), run, total
 
 
 def pretrain(args):
-    import ace
-    from .plots import loss_curves
-    from .trainer import Trainer
+    from .errors import ACEError
+    from .runlog import Monitor, TensorBoardLog
 
-    if args.threads is not None:
-        ace.set_num_threads(args.threads)
-    out = Path(args.out or (Path(args.resume).parent if args.resume else "runs/ace"))
+    trainer, stream, run, total = resume_run(args) if args.resume else start_run(args)
+    out = Path(run["out"])
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "last.safetensors"
-    if args.resume:
-        trainer = Trainer.load(args.resume)
-        cfg = trainer.config
-        args.seed, data, total = read_run_file(Path(args.resume).parent / "run.json")
-        args.data = args.data or data
-        stream = open_stream(args, cfg.grid.image_size, cfg.batch_size)
-    else:
-        image_size = args.image_size or 512
-        stream = open_stream(args, image_size, args.batch_size)
-        cfg = build_config(args, len(stream))
-        trainer = Trainer(cfg, seed=args.seed)
-        total = args.steps if args.steps is not None else cfg.total_steps
-        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-        precision = dict(ace.precision_info(), precision=trainer.precision)
-        (out / "run.json").write_text(json.dumps({"seed": args.seed, "data": args.data, "steps": total,
-                                                  "precision": precision}) + "\n")
-        (out / "metrics.jsonl").write_text("")
     start = trainer.steps_done
     history = read_metrics(out, upto=start)
+    board = TensorBoardLog(out, start + 1, trainer.config.losses)
+    monitor = Monitor(trainer.config, total, history)
 
     # Ctrl-C and SIGTERM (what schedulers such as SLURM send before killing a job) both stop
     # the run after the current step and save it. The handlers stay until the final save
@@ -227,20 +269,34 @@ def pretrain(args):
     stop_signals = (signal.SIGINT, signal.SIGTERM)
     previous = {sig: signal.signal(sig, lambda signum, _: interrupted.append(signum)) for sig in stop_signals}
     try:
-        train_loop(trainer, stream, history, out, ckpt, start, total, args.checkpoint_every, interrupted)
-        trainer.save(ckpt)
+        try:
+            failure = train_loop(trainer, stream, history, out, ckpt, (start, total, run["checkpoint_every"]),
+                                 interrupted, board, monitor)
+            trainer.save(ckpt)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            stream.close()
+        done = history[-1]["step"] if history else start
+        finish_logs(history, out, board, done)
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        stream.close()
-    loss_curves(history, out / "loss.png")
-    done = history[-1]["step"] if history else start
+        board.close()
+    if failure:
+        raise ACEError(f"{failure} (steps up to {done} are saved in {ckpt})")
     if interrupted:
         name = signal.Signals(interrupted[0]).name
         print(f"interrupted at step {done} ({name}): saved {ckpt}; continue with --resume {ckpt}")
         return 128 + interrupted[0]
-    print(f"finished {done} steps: {ckpt}, {out / 'metrics.jsonl'}, {out / 'loss.png'}")
+    print(f"finished {done} steps: {ckpt}, {out / 'metrics.jsonl'}, {out / 'loss.png'}, TensorBoard events in {out}")
     return 0
+
+
+def finish_logs(history, out, board, step):
+    """The loss figure, as a PNG and in TensorBoard."""
+    from .plots import loss_curves
+
+    loss_curves(history, out / "loss.png")
+    board.figure("loss", out / "loss.png", step)
 
 
 def read_metrics(out, upto=None):
@@ -259,32 +315,53 @@ def read_metrics(out, upto=None):
     return [r for r in rows if upto is None or r["step"] <= upto]
 
 
-def train_loop(trainer, stream, history, out, ckpt, start, total, every, interrupted):
+def train_loop(trainer, stream, history, out, ckpt, span, interrupted, board, monitor):
+    """Steps from `start` to `total` (span = start, total, checkpoint every); returns the
+    core's message if a step failed (e.g. a NaN loss: the core then leaves the run as it
+    was), else None."""
     from tqdm import tqdm
 
+    from .errors import ACEError
+
+    start, total, every = span
     metrics = out / "metrics.jsonl"
     # Rows written after the checkpoint being resumed belong to steps that will be redone.
     metrics.write_text("".join(json.dumps(r) + "\n" for r in history))
     batches = iter(stream.seek(start))   # the data order continues where the run stopped
     bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, disable=None)
+    failure = None
     with metrics.open("a") as log:
         for step in range(start, total):
             if interrupted:
                 break
             batch = next(batches)
             t0 = time.perf_counter()
-            stats = trainer.step(batch)
+            try:
+                stats = trainer.step(batch)
+            except ACEError as e:
+                failure = str(e)
+                board.warning("divergence", failure, step + 1)
+                break
             stats["images_per_s"] = len(batch) / (time.perf_counter() - t0)
             history.append(stats)
+            warnings = monitor.check(history)
+            if warnings:
+                stats["warnings"] = warnings
+            for kind, message in warnings.items():
+                tqdm.write(f"warning: {message}", file=sys.stderr)
+                board.warning(kind, message, stats["step"])
             log.write(json.dumps(stats) + "\n")
             log.flush()
+            board.step(stats)
             bar.update(1)
             bar.set_postfix(loss=f"{stats['loss']:.4f}", glob=f"{stats['global']:.3f}",
                             comp=f"{stats['comp']:.4f}", decomp=f"{stats['decomp']:.4f}",
                             img_s=f"{stats['images_per_s']:.1f}")
             if stats["step"] % every == 0 and stats["step"] < total:
                 trainer.save(ckpt)
+                board.flush()       # the events of the saved steps are on disk with them
     bar.close()
+    return failure
 
 
 # ----------------------------------------------------------------------------- embed
@@ -384,4 +461,18 @@ def evaluate(args):
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     write_report(out / "report.md", title, data.source, metrics, figures, enc.config)
     print(f"wrote {out / 'metrics.json'} and {out / 'report.md'}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- export
+
+def export(args):
+    from .export import export_timm, load_commands
+
+    config = export_timm(args.checkpoint, args.out, args.which)
+    out = Path(args.out)
+    print(f"exported the {config['ace']['which']} ({config['ace']['preset']}) of {args.checkpoint} to "
+          f"{out / 'model.safetensors'} and {out / 'config.json'}; load it with")
+    for line in load_commands(out, config):
+        print(f"  {line}")
     return 0

@@ -6,14 +6,13 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-JSRT = Path(__file__).resolve().parents[3] / "shared" / "data" / "jsrt" / "images"
-needs_jsrt = pytest.mark.skipif(not JSRT.is_dir(), reason=f"JSRT data not found at {JSRT}")
+from conftest import JSRT_IMAGES as JSRT, needs_jsrt
+
 PRETRAIN = ["pretrain", "--data", str(JSRT), "--preset", "vit_nano", "--steps", "30", "--batch-size", "8",
             "--checkpoint-every", "10"]
 
@@ -27,6 +26,21 @@ def ace(*args, check=True):
 
 def metrics(out):
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def tensorboard_losses(out):
+    """(step, loss) of the run's TensorBoard events, as TensorBoard shows them."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(out), size_guidance={"scalars": 0})
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars("loss/total")]
+
+
+def assert_tensorboard_matches_metrics(out):
+    # Steps redone after a resume replace the earlier events of those steps.
+    rows = metrics(out)
+    assert [step for step, _ in tensorboard_losses(out)] == [r["step"] for r in rows]
+    np.testing.assert_allclose([loss for _, loss in tensorboard_losses(out)], [r["loss"] for r in rows], rtol=1e-6)
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +88,7 @@ def test_interrupted_run_resumes_to_the_same_weights(straight_run, tmp_path):
 
     ace("pretrain", "--resume", out / "last.safetensors")
     assert [r["loss"] for r in metrics(out)] == [r["loss"] for r in metrics(straight_run)]
+    assert_tensorboard_matches_metrics(out)
     a, b = load_file(str(out / "last.safetensors")), load_file(str(straight_run / "last.safetensors"))
     assert a.keys() == b.keys()
     assert all(np.array_equal(a[k], b[k]) for k in a)
@@ -99,6 +114,7 @@ def test_a_run_killed_with_sigkill_resumes_from_its_last_checkpoint_to_the_same_
     a, b = load_file(str(out / "last.safetensors")), load_file(str(straight_run / "last.safetensors"))
     assert all(np.array_equal(a[k], b[k]) for k in b)
     assert [r["loss"] for r in metrics(out)] == [r["loss"] for r in metrics(straight_run)]
+    assert_tensorboard_matches_metrics(out)
 
 
 def ace_steps(checkpoint):
@@ -124,16 +140,29 @@ def test_bad_input_gives_a_clear_error(tmp_path):
     assert r.returncode == 1 and "nothing.safetensors" in r.stderr
 
 
+def test_submodules_are_reachable_without_slowing_import():
+    # `import ace` must not pull in matplotlib or scikit-learn; the submodules load on first use.
+    code = ("import sys, ace; heavy = {'matplotlib', 'sklearn'} & set(sys.modules); assert not heavy, heavy; "
+            "print(ace.probes.retrieval.__name__, ace.plots.loss_curves.__name__, ace.data.load_images.__name__, "
+            "ace.evaluate.run_suite.__name__, ace.export.export_timm.__name__); ace.nonexistent")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.stdout.split() == ["retrieval", "loss_curves", "load_images", "run_suite", "export_timm"], r.stderr
+    assert r.stderr.strip().endswith("AttributeError: module 'ace' has no attribute 'nonexistent'"), r.stderr
+
+
 def test_help_is_complete():
     top = ace("--help").stdout
-    assert "pretrain" in top and "embed" in top
+    assert all(command in top for command in ("pretrain", "embed", "evaluate", "export"))
     pre = ace("pretrain", "--help").stdout
     for flag in ("--data", "--preset", "--objective", "--epochs", "--steps", "--batch-size", "--lr", "--out",
-                 "--resume", "--seed", "--threads", "--checkpoint-every"):
+                 "--resume", "--seed", "--threads", "--checkpoint-every", "--config", "--set"):
         assert flag in pre, flag
     emb = ace("embed", "--help").stdout
     for flag in ("--checkpoint", "--data", "--out", "--tokens"):
         assert flag in emb, flag
+    exp = ace("export", "--help").stdout
+    for flag in ("CKPT", "--out", "--which", "local-dir"):
+        assert flag in exp, flag
 
 
 @pytest.mark.skipif(shutil.which("ace") is None, reason="the ace entry point is not installed")

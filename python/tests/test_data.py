@@ -22,14 +22,13 @@ from ace.data import (
     read_image,
 )
 
-JSRT = Path(__file__).resolve().parents[3] / "shared" / "data" / "jsrt"
+from conftest import JSRT_IMAGES, JSRT_MISSING
 
 
 def jsrt_images() -> Path:
-    folder = JSRT / "images"
-    if not folder.is_dir():
-        pytest.skip(f"JSRT data not found at {folder} (expected ../shared/data/jsrt next to the repository)")
-    return folder
+    if not JSRT_IMAGES.is_dir():
+        pytest.skip(JSRT_MISSING)
+    return JSRT_IMAGES
 
 
 def ramp(low: int, high: int, shape=(24, 40)) -> np.ndarray:
@@ -375,3 +374,16 @@ def test_stream_rejects_bad_input():
         ImageStream(labelled(6) * 2, 2, 8)
     with pytest.raises(ValueError, match="shape"):
         ImageStream(np.zeros((4, 8)), 2, 8)
+
+
+@pytest.mark.parametrize("start", [0, 1, 3, 4, 9])
+def test_seek_continues_the_same_sequence(start):
+    """A resumed run's stream, started at batch `start`, yields exactly the batches the
+    uninterrupted stream yields from there (across epoch boundaries)."""
+    images = np.random.default_rng(0).random((13, 8, 8)).astype(np.float32)
+    with ImageStream(images, 3, 8, seed=4) as full:
+        expected = [b for _, b in zip(range(start + 6), full)][start:]
+    with ImageStream(images, 3, 8, seed=4) as resumed:
+        got = [b for _, b in zip(range(6), iter(resumed.seek(start)))]
+    for a, b in zip(expected, got):
+        np.testing.assert_array_equal(a, b)

@@ -1,7 +1,6 @@
 """ace.Encoder against an independent NumPy reference, checkpoints, and bad input."""
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +11,7 @@ import ace
 from ace import _native
 from reference_vit import vit_forward_features
 
-JSRT_IMAGES = Path(__file__).resolve().parents[3] / "shared" / "data" / "jsrt" / "images"
+from conftest import JSRT_IMAGES, needs_jsrt
 
 
 def randn(*shape, seed=0):
@@ -319,7 +318,7 @@ def test_training_checkpoint_loads_with_its_normalization_and_features(tmp_path,
     assert not np.allclose(tokens_b, ace.Encoder._wrap(loaded._native).embed(images)[1])
 
 
-@pytest.mark.skipif(not JSRT_IMAGES.is_dir(), reason=f"JSRT data not found at {JSRT_IMAGES}")
+@needs_jsrt
 def test_embed_sees_the_pixels_training_views_see():
     """For the same radiograph and box, `Encoder.preprocess` (inference) produces exactly the
     normalized pixels of the training view: one resampler for both."""

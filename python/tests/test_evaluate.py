@@ -2,18 +2,16 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
-import pytest
 
 from ace.data import load_jsrt, mirror_pairs, phantom_set
 from ace.evaluate import headline, per_structure
 
-JSRT = Path(__file__).resolve().parents[3] / "shared" / "data" / "jsrt"
+from conftest import JSRT, needs_jsrt
 
 
-@pytest.mark.skipif(not JSRT.is_dir(), reason=f"JSRT data not found at {JSRT}")
+@needs_jsrt
 def test_load_jsrt_layout():
     d = load_jsrt(JSRT, size=128)
     assert d.images.shape == (247, 128, 128) and d.images.dtype == np.float32

@@ -2,7 +2,6 @@
 fp32 (same seed) and in fp32 with another seed, which measures the run-to-run noise.
 
 The same run as `notebooks/pretrain_curves.py` (which also plots the curves)."""
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +9,7 @@ from PIL import Image
 
 import ace
 
-JSRT = Path(__file__).resolve().parents[3] / "shared" / "data" / "jsrt" / "images"
+from conftest import JSRT_IMAGES as JSRT, needs_jsrt
 
 
 STEPS, BATCH = 300, 8
@@ -40,7 +39,7 @@ def smoothed(run, key, window=50):
     return np.convolve(values, np.ones(window) / window, mode="valid")
 
 
-@pytest.mark.skipif(not JSRT.is_dir(), reason=f"JSRT data not found at {JSRT}")
+@needs_jsrt
 def test_ace_on_jsrt_losses_fall_and_matching_rises_above_chance():
     steps = history("fp32")
 
@@ -56,7 +55,7 @@ def test_ace_on_jsrt_losses_fall_and_matching_rises_above_chance():
     assert mean("decomp_acc", last) > 3 / 784
 
 
-@pytest.mark.skipif(not JSRT.is_dir(), reason=f"JSRT data not found at {JSRT}")
+@needs_jsrt
 def test_bf16_run_matches_fp32_within_run_to_run_noise():
     """bf16 against fp32 with the same seed (same data, crops and augmentation), measured
     against the gap between two fp32 runs that differ only in the seed: the loss curves

@@ -1,13 +1,11 @@
 """ace.Trainer: determinism, exact resume, objectives, views, checkpoints and bad input."""
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 import ace
 
-JSRT = Path(__file__).resolve().parents[3] / "shared" / "data" / "jsrt" / "images"
 
 
 def small_config(**overrides):
