@@ -49,11 +49,12 @@ def compositionality_kde(results_by_name, path):
     return _save(fig, path)
 
 
-def tsne_plot(tsne, ids, path, names=None):
-    """t-SNE of landmark embeddings coloured by landmark id (Fig. 6).
+def tsne_plot(tsne, ids, path, names=None, title="t-SNE of landmark embeddings"):
+    """t-SNE of landmark embeddings coloured by an integer label per point (Fig. 6): the
+    landmark id, or the anatomical structure (see `ace.data.datasets.landmark_structures`).
 
-    names: optional sequence indexed by id, used in the legend when there are at most
-    20 ids; with more ids the colour bar shows the id.
+    names: optional sequence indexed by label, used in the legend when there are at most
+    20 labels; with more labels the colour bar shows the label.
     """
     tsne, ids = np.asarray(tsne), np.asarray(ids)
     unique = np.unique(ids)
@@ -71,7 +72,7 @@ def tsne_plot(tsne, ids, path, names=None):
         fig.colorbar(points, ax=ax, label="landmark")
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.set_title("t-SNE of landmark embeddings")
+    ax.set_title(title)
     return _save(fig, path)
 
 
@@ -110,7 +111,9 @@ def error_boxplot(errors_by_name, path, by="method"):
     if by == "method":
         fig, ax = plt.subplots(figsize=(1.5 + 1.2 * len(names), 4))
         ax.boxplot([e[~np.isnan(e)] for e in errors], showfliers=False)
-        ax.set_xticks(range(1, len(names) + 1), names)
+        # Long names would run into each other: slant them.
+        slant = dict(rotation=25, ha="right") if max(map(len, names)) > 10 else {}
+        ax.set_xticks(range(1, len(names) + 1), names, **slant)
         ax.set_ylabel("error (px)")
         ax.set_title("Landmark correspondence error")
     elif by == "landmark":

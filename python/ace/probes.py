@@ -3,16 +3,21 @@
 Every probe takes an encoder (anything with `config` and `embed(images)` like
 `ace.Encoder`) and NumPy inputs, and returns a dict of plain numbers and arrays.
 Accuracy-type probes put their headline under `accuracy`, with the number of
-decisions (`trials`) and the chance level (`chance`) beside it.
+decisions (`trials`) and the chance level (`chance`) beside it. Every headline number
+carries a 95% percentile bootstrap interval that resamples images (`ci95`; `auc_ci95`,
+`dice_ci95` for the transfer probes; see `bootstrap_ci`): the images, not the trials cut
+from them, are the independent units.
 
 Conventions shared by the probes:
 
 * Images are (N, H, W) arrays, uint8, uint16 or float in [0, 1]. Crops are cut from
   the float image and handed to `enc.embed`, which resizes each one to the
   encoder's input size.
-* f(x), the embedding of an image or a crop, is its CLS token by default
-  (`features="cls"`): the global embedding ACE trains. `features="mean"` uses the
-  mean of the patch tokens instead.
+* f(x), the embedding of an image or a crop, is its CLS token (`features="cls"`) or
+  the mean of its patch tokens (`features="mean"`). The default, `features="default"`,
+  is the representation the encoder's method trains, its `default_features` ("mean"
+  for ACE, whose losses never touch the CLS token; "cls" for DINO-style), and "cls"
+  for encoders without that attribute. Results name the choice under `features`.
 * Coordinates are x, y pixels with pixel centres at integer positions, as in the
   JSRT landmarks and the phantom. A window of side P centred on (x, y) starts at
   pixel round(x - (P - 1) / 2); windows that reach past the border are zero-padded.
@@ -25,8 +30,10 @@ import math
 import warnings
 
 import numpy as np
+import scipy.fft
 from PIL import Image
 from scipy import ndimage
+from scipy.stats import rankdata
 from sklearn.linear_model import LogisticRegression
 from sklearn.manifold import TSNE
 from sklearn.metrics import accuracy_score, roc_auc_score, silhouette_score
@@ -36,12 +43,14 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from . import _native
 from .errors import ACEError
 from .preprocess import to_unit_float
 from .validate import require_choice, require_float, require_int, require_real_array
 
 __all__ = ["compositionality", "decompositionality", "retrieval", "landmark_correspondence",
-           "landmark_embeddings", "symmetry", "linear_probe_classification", "segmentation", "dice"]
+           "template_matching_baseline", "landmark_embeddings", "symmetry", "linear_probe_classification",
+           "segmentation", "dice", "bootstrap_ci", "resolve_features"]
 
 # Crops are embedded in chunks of this many so that the token maps `embed` also returns
 # (chunk x h x w x C floats) stay small.
@@ -50,6 +59,10 @@ _CHUNK = 256
 _MAX_SAMPLES = 10**6
 # Seeds also reach scikit-learn, whose random_state takes 32-bit seeds.
 _MAX_SEED = 2**32 - 1
+# Confidence intervals of the probes' headlines: resamples and seed of `bootstrap_ci`, fixed so
+# that the same trials always give the same interval, whatever seed drew the trials.
+_RESAMPLES = 1000
+_BOOTSTRAP_SEED = 0
 
 
 # ---------------------------------------------------------------- shared helpers
@@ -80,8 +93,15 @@ def _as_landmarks(landmarks, images):
     return lm
 
 
-def _check_features(features):
-    return require_choice("features", features, ("cls", "mean"))
+def resolve_features(enc, features):
+    """The features a probe uses, "cls" or "mean": `features` itself, or for "default" the
+    encoder's `default_features` (the representation its pretraining shapes; "cls" when the
+    encoder does not say)."""
+    require_choice("features", features, ("cls", "mean", "default"))
+    if features == "default":
+        return require_choice("the encoder's default_features", getattr(enc, "default_features", "cls"),
+                              ("cls", "mean"))
+    return features
 
 
 def _check_seed(seed):
@@ -90,7 +110,7 @@ def _check_seed(seed):
 
 def _global_features(enc, images, features):
     """f(x) of each image: its CLS token or its mean patch token, float64 (B, C)."""
-    _check_features(features)
+    features = resolve_features(enc, features)
     out = []
     for start in range(0, len(images), _CHUNK):
         cls, tokens = enc.embed(images[start:start + _CHUNK])
@@ -161,6 +181,64 @@ def _nanmedian(a):
         return np.nanmedian(a)
 
 
+# ---------------------------------------------------------------- confidence intervals
+def bootstrap_ci(values, groups=None, *, statistic=None, resamples=_RESAMPLES, level=0.95, seed=_BOOTSTRAP_SEED):
+    """Percentile bootstrap interval [lo, hi] of a statistic of per-trial values, resampling
+    groups of trials (images) with replacement.
+
+    values: (n,) or (n, m) per-trial numbers. The default statistic is the mean of the
+        finite entries (NaN marks a missing value, e.g. an unannotated landmark), computed
+        for all resamples at once.
+    groups: None (each trial is its own group), (n,) the group label of each trial, or
+        (n, r) labels in r roles (e.g. the query and the key image of a landmark pair). A
+        resample draws as many labels as there are distinct ones, with replacement, from
+        all of them; a trial enters it as often as the product of its labels' draw counts,
+        so a pair of images counts only when both images are drawn.
+    statistic: None, or a function of the resampled rows of `values` (each row repeated as
+        often as drawn) returning a number, NaN where undefined: e.g. the ROC AUC of
+        (label, score) rows, undefined when a resample holds one class only.
+
+    Resamples whose statistic is undefined (no trial drawn, one class) are left out; the
+    interval is [nan, nan] when all are.
+    """
+    resamples = require_int("resamples", resamples, 1, _MAX_SAMPLES)
+    level = require_float("level", level, 0.0, 1.0)
+    values = np.asarray(values, np.float64) if statistic is None else np.asarray(values)
+    n = len(values)
+    if n == 0:
+        return [math.nan, math.nan]
+    labels = np.arange(n) if groups is None else np.asarray(groups)
+    if labels.ndim == 1:
+        labels = labels[:, None]
+    if labels.ndim != 2 or labels.shape[0] != n:
+        raise ACEError(f"groups must be (n,) or (n, roles) labels for n = {n} trials, got shape {labels.shape}")
+    _, codes = np.unique(labels.ravel(), return_inverse=True)
+    codes = codes.reshape(labels.shape)
+    k = int(codes.max()) + 1
+    if statistic is None:
+        finite = np.isfinite(values.reshape(n, -1))
+        sums = np.where(finite, values.reshape(n, -1), 0.0).sum(axis=1)
+        counts = finite.sum(axis=1)
+    rng = np.random.default_rng(_check_seed(seed))
+    stats = []
+    # Draw counts per label, (b, k); a chunk of b resamples keeps the (b, n, r) weights small.
+    chunk = max(1, 2**22 // (n * codes.shape[1]))
+    for start in range(0, resamples, chunk):
+        draws = rng.multinomial(k, np.full(k, 1.0 / k), size=min(chunk, resamples - start))
+        weights = draws[:, codes].prod(axis=-1)
+        if statistic is None:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                stats.append((weights @ sums) / (weights @ counts))
+        else:
+            stats.append([statistic(values[np.repeat(np.arange(n), w)]) if w.any() else math.nan
+                          for w in weights])
+    stats = np.concatenate(stats).astype(np.float64)
+    if not np.isfinite(stats).any():
+        return [math.nan, math.nan]
+    lo, hi = np.nanpercentile(stats, [50.0 * (1.0 - level), 50.0 * (1.0 + level)])
+    return [float(lo), float(hi)]
+
+
 # ---------------------------------------------------------------- global embedding probes
 def _split(patches, parts):
     """Halves (left, right) or quadrants (row-major) of square patches (B, P, P)."""
@@ -172,7 +250,7 @@ def _split(patches, parts):
     raise ACEError(f"parts must be 2 (halves) or 4 (quadrants), got {parts}")
 
 
-def compositionality(enc, images, parts=4, n=200, patch=None, features="cls", seed=0):
+def compositionality(enc, images, parts=4, n=200, patch=None, features="default", seed=0):
     """Fig. 3: is the embedding of a patch the mean of the embeddings of its parts?
 
     Samples `n` random square patches of side `patch` (default a quarter of the shorter
@@ -181,13 +259,14 @@ def compositionality(enc, images, parts=4, n=200, patch=None, features="cls", se
     cos(f(patch), mean_k f(part_k)). Every crop, whole or part, is resized by the encoder
     to its input size; halves are therefore stretched to a square.
 
-    Returns {"mean", "std", "cosines": (n,), "n"}.
+    Returns {"mean", "ci95" (of the mean, resampling images), "std", "cosines": (n,),
+    "image_index": (n,) the image of each patch, "n", "features"}.
     """
     x = _as_images(images)
     if require_int("parts", parts) not in (2, 4):
         raise ACEError(f"parts must be 2 (halves) or 4 (quadrants), got {parts}")
     n = require_int("n", n, 1, _MAX_SAMPLES)
-    _check_features(features)
+    features = resolve_features(enc, features)
     patch = _check_patch(patch, x.shape[1:])
     if patch % 2:
         raise ACEError(f"patch must be even to split into halves or quadrants, got {patch}")
@@ -197,10 +276,11 @@ def compositionality(enc, images, parts=4, n=200, patch=None, features="cls", se
     whole = _global_features(enc, patches, features)
     mean_parts = np.mean([_global_features(enc, p, features) for p in _split(patches, parts)], axis=0)
     cosines = 1.0 - paired_cosine_distances(whole, mean_parts)
-    return {"mean": float(cosines.mean()), "std": float(cosines.std()), "cosines": cosines, "n": int(n)}
+    return {"mean": float(cosines.mean()), "ci95": bootstrap_ci(cosines, idx), "std": float(cosines.std()),
+            "cosines": cosines, "image_index": idx, "n": int(n), "features": features}
 
 
-def decompositionality(enc, images, batch=32, patch=None, trials=320, features="cls", seed=0):
+def decompositionality(enc, images, batch=32, patch=None, trials=320, features="default", seed=0):
     """Fig. 4: does removing a patch from an image remove that patch's embedding?
 
     In each round `batch` distinct images X_j are drawn and a random square patch C_j
@@ -210,10 +290,11 @@ def decompositionality(enc, images, batch=32, patch=None, trials=320, features="
     decision for j is correct when argmax_k cos(d_j, f(C_k)) == j. Rounds are repeated
     until at least `trials` decisions are made.
 
-    Returns {"accuracy", "trials", "chance": 1 / batch}.
+    Returns {"accuracy", "ci95", "trials", "chance": 1 / batch, "features"} and the
+    decisions, see `_accuracy`.
     """
-    x, full, patch, rounds = _patch_rounds(enc, images, batch, patch, trials, features, seed)
-    correct = []
+    x, full, patch, features, rounds = _patch_rounds(enc, images, batch, patch, trials, features, seed)
+    correct, images_of = [], []
     for idx, origins, crops in rounds:
         excised = x[idx].copy()
         for im, (y, x0) in zip(excised, origins):
@@ -221,10 +302,11 @@ def decompositionality(enc, images, batch=32, patch=None, trials=320, features="
         d = full[idx] - _global_features(enc, excised, features)
         sims = cosine_similarity(d, _global_features(enc, crops, features))
         correct.append(sims.argmax(axis=1) == np.arange(batch))
-    return _accuracy(correct, batch)
+        images_of.append(idx)
+    return _accuracy(correct, images_of, batch, features)
 
 
-def retrieval(enc, images, batch=32, patch=None, trials=320, features="cls", seed=0):
+def retrieval(enc, images, batch=32, patch=None, trials=320, features="default", seed=0):
     """Fig. 5: does a patch's embedding find the image it was cut from?
 
     In each round `batch` distinct images X_j are drawn and a random square patch C_j
@@ -232,24 +314,26 @@ def retrieval(enc, images, batch=32, patch=None, trials=320, features="cls", see
     j is correct when argmax_i cos(f(C_j), f(X_i)) == j over the images of the round.
     Rounds are repeated until at least `trials` decisions are made.
 
-    Returns {"accuracy", "trials", "chance": 1 / batch}.
+    Returns {"accuracy", "ci95", "trials", "chance": 1 / batch, "features"} and the
+    decisions, see `_accuracy`.
     """
-    _, full, _, rounds = _patch_rounds(enc, images, batch, patch, trials, features, seed)
-    correct = []
+    _, full, _, features, rounds = _patch_rounds(enc, images, batch, patch, trials, features, seed)
+    correct, images_of = [], []
     for idx, _, crops in rounds:
         sims = cosine_similarity(_global_features(enc, crops, features), full[idx])
         correct.append(sims.argmax(axis=1) == np.arange(batch))
-    return _accuracy(correct, batch)
+        images_of.append(idx)
+    return _accuracy(correct, images_of, batch, features)
 
 
 def _patch_rounds(enc, images, batch, patch, trials, features, seed):
     """Shared set-up of the round-based probes: the images, their embeddings, the patch
-    side, and a generator of rounds (indices of `batch` distinct images, patch origins,
-    the patches) until at least `trials` decisions."""
+    side, the features, and a generator of rounds (indices of `batch` distinct images,
+    patch origins, the patches) until at least `trials` decisions."""
     x = _as_images(images)
     batch = _check_batch(batch, len(x))
     trials = require_int("trials", trials, 1, _MAX_SAMPLES)
-    _check_features(features)
+    features = resolve_features(enc, features)
     patch = _check_patch(patch, x.shape[1:])
     rng = np.random.default_rng(_check_seed(seed))
     full = _global_features(enc, x, features)
@@ -260,12 +344,15 @@ def _patch_rounds(enc, images, batch, patch, trials, features, seed):
             origins = _random_origins(rng, batch, x.shape[1:], patch)
             yield idx, origins, _cut(x[idx], origins, patch)
 
-    return x, full, patch, rounds()
+    return x, full, patch, features, rounds()
 
 
-def _accuracy(correct, batch):
-    correct = np.concatenate(correct)
-    return {"accuracy": float(correct.mean()), "trials": int(correct.size), "chance": 1.0 / batch}
+def _accuracy(correct, images_of, batch, features):
+    """Result of a round-based probe; `correct` (trials,) holds the decisions and `image_index`
+    the image each patch was cut from, the unit the interval resamples."""
+    correct, images_of = np.concatenate(correct), np.concatenate(images_of)
+    return {"accuracy": float(correct.mean()), "ci95": bootstrap_ci(correct, images_of), "trials": int(correct.size),
+            "chance": 1.0 / batch, "features": features, "correct": correct, "image_index": images_of}
 
 
 # ---------------------------------------------------------------- landmarks
@@ -352,7 +439,7 @@ def _window_predictions(enc, images, landmarks, pair_idx, patch, stride, feature
 
 
 def landmark_correspondence(enc, images, landmarks, method="dense", patch=64, stride=8, pairs=None,
-                            upsample=4, features="cls", seed=0):
+                            upsample=4, features="default", seed=0):
     """Fig. 7: zero-shot landmark correspondence between images.
 
     For an ordered pair (query q, key k) each landmark of q is located in k by nearest
@@ -363,34 +450,148 @@ def landmark_correspondence(enc, images, landmarks, method="dense", patch=64, st
         `upsample` sets the sub-token search grid). One forward pass per image.
     method="window": the global embedding (`features`) of a patch x patch window centred
         on the landmark against windows of k every `stride` pixels (see
-        `_window_predictions`). One forward pass per window: slow on large images.
+        `_window_predictions`). One forward pass per window: slow on large images. The
+        paper's protocol is a 224 px window on 512 px images (448 on 1024).
 
     landmarks: (N, L, 2) x, y on `images` (N, H, W); NaN marks a missing landmark, whose
     errors are NaN and left out of the means. Every image is the query against every
-    other image, or `pairs` random ordered pairs are used.
+    other image, or `pairs` random ordered pairs are used; `template_matching_baseline`
+    with the same images, `pairs` and `seed` measures a raw-pixel reference on the same pairs.
 
-    Returns {"mean_error", "median_error", "identity_error" (the mean error of predicting
-    the query's own coordinates: a reference that uses no features), "per_landmark": (L,),
-    "errors": (P, L), "pairs": P, "pair_indices": (P, 2) query, key, "predicted": (P, L, 2)
-    x, y in the key}.
+    Returns {"mean_error", "ci95" (of the mean error, resampling images: a pair counts as
+    often as both its images are drawn), "median_error", "per_landmark": (L,), "errors":
+    (P, L); "identity_error" (the mean error of predicting the query's own coordinates: a
+    reference that uses no features) with "identity_ci95", "identity_median_error",
+    "identity_per_landmark", "identity_errors"; "pairs": P, "pair_indices": (P, 2) query,
+    key, "predicted": (P, L, 2) x, y in the key; "features": "tokens" for dense, else the
+    window embedding used; the settings "upsample" (dense) or "patch" and "stride"}.
     """
     x = _as_images(images)
     lm = _as_landmarks(landmarks, x)
     require_choice("method", method, ("dense", "window"))
     pair_idx = _pair_list(len(x), pairs, np.random.default_rng(_check_seed(seed)))
     if method == "dense":
-        pred = _dense_predictions(enc, x, lm, pair_idx, require_int("upsample", upsample, 1, 64))
-    else:
-        patch = _check_window(patch, x.shape[1:])
-        stride = require_int("stride", stride, 1, max(x.shape[1:]))
-        pred = _window_predictions(enc, x, lm, pair_idx, patch, stride, _check_features(features))
-    errors = np.linalg.norm(pred - lm[pair_idx[:, 1]], axis=-1)
-    # Reference without features: predict the query's own coordinates in the key image.
-    identity = np.linalg.norm(lm[pair_idx[:, 0]] - lm[pair_idx[:, 1]], axis=-1)
-    return {"mean_error": float(_nanmean(errors)), "median_error": float(_nanmedian(errors)),
-            "identity_error": float(_nanmean(identity)),
-            "per_landmark": _nanmean(errors, axis=0), "errors": errors, "pairs": len(pair_idx),
-            "pair_indices": pair_idx, "predicted": pred}
+        upsample = require_int("upsample", upsample, 1, 64)
+        pred = _dense_predictions(enc, x, lm, pair_idx, upsample)
+        return _landmark_result(pred, lm, pair_idx, features="tokens", upsample=upsample)
+    patch = _check_window(patch, x.shape[1:])
+    stride = require_int("stride", stride, 1, max(x.shape[1:]))
+    features = resolve_features(enc, features)
+    pred = _window_predictions(enc, x, lm, pair_idx, patch, stride, features)
+    return _landmark_result(pred, lm, pair_idx, features=features, patch=patch, stride=stride)
+
+
+def _landmark_result(pred, landmarks, pair_idx, **settings):
+    """Errors of predicted key landmarks (P, L, 2), beside the reference without features
+    (predicting the query's own coordinates in the key image), and the probe's settings."""
+    errors = np.linalg.norm(pred - landmarks[pair_idx[:, 1]], axis=-1)
+    identity = np.linalg.norm(landmarks[pair_idx[:, 0]] - landmarks[pair_idx[:, 1]], axis=-1)
+    return {"mean_error": float(_nanmean(errors)), "ci95": bootstrap_ci(errors, pair_idx),
+            "median_error": float(_nanmedian(errors)), "per_landmark": _nanmean(errors, axis=0), "errors": errors,
+            "identity_error": float(_nanmean(identity)), "identity_ci95": bootstrap_ci(identity, pair_idx),
+            "identity_median_error": float(_nanmedian(identity)),
+            "identity_per_landmark": _nanmean(identity, axis=0), "identity_errors": identity,
+            "pairs": len(pair_idx), "pair_indices": pair_idx, "predicted": pred, **settings}
+
+
+def template_matching_baseline(images, landmarks, patch=64, pairs=None, seed=0):
+    """A landmark correspondence reference that learns nothing: raw-pixel normalized
+    cross-correlation (NCC) of a template.
+
+    For an ordered pair (query q, key k) the template of a landmark is the patch x patch
+    window of q centred on it (as in `landmark_correspondence`, zero-padded past the
+    border). Its NCC, the Pearson correlation of the pixels, is computed with every
+    patch x patch window lying inside k (see `_Templates.ncc`), and the prediction is the
+    centre of the best one. The pairs are those `landmark_correspondence` draws from the same number
+    of images with the same `pairs` and `seed`, so the two compare pair by pair.
+
+    Returns the dict of `landmark_correspondence`, with "features": "pixels" and "patch".
+    """
+    x = _as_images(images)
+    lm = _as_landmarks(landmarks, x)
+    patch = require_int("patch", patch, 1, min(x.shape[1:]))
+    pair_idx = _pair_list(len(x), pairs, np.random.default_rng(_check_seed(seed)))
+    present = ~np.isnan(lm).any(-1)
+    pred = np.full(pair_idx.shape[:1] + lm.shape[1:], np.nan)
+    keys = {}                          # each key image's FFT and window norms, computed once
+    # The FFTs take as many threads as the core (ace.set_num_threads, `ace evaluate --threads`).
+    with scipy.fft.set_workers(_native.get_num_threads()):
+        for q in np.unique(pair_idx[:, 0]):
+            if not present[q].any():
+                continue
+            templates = _Templates(_windows(x[q], lm[q, present[q]], patch), x.shape[1:])
+            for p in np.flatnonzero(pair_idx[:, 0] == q):
+                k = pair_idx[p, 1]
+                if k not in keys:
+                    keys[k] = _KeyImage(x[k], patch, templates.fft_shape)
+                pred[p, present[q]] = templates.best_centres(keys[k])
+    return _landmark_result(pred, lm, pair_idx, features="pixels", patch=patch)
+
+
+# Windows whose pixel standard deviation is below this (on [0, 1] intensities, a quarter of an
+# 8-bit grey level) count as flat: their NCC is undefined, taken as 0, rather than the
+# float32 rounding noise of the FFT divided by almost nothing.
+_FLAT = 1e-3
+
+
+def _inverse_norms(std, patch):
+    """1 / the norm of the deviations from the mean of patch x patch windows with pixel
+    standard deviations `std`, float32; 0 for flat windows, whose NCC is taken as 0."""
+    with np.errstate(divide="ignore"):
+        return np.where(std < _FLAT, 0.0, 1.0 / (std * patch)).astype(np.float32)
+
+
+def _window_sums(values, patch):
+    """Sums of every patch x patch window lying inside `values` (H, W), by integral image."""
+    c = np.pad(values.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    return c[patch:, patch:] - c[:-patch, patch:] - c[patch:, :-patch] + c[:-patch, :-patch]
+
+
+class _KeyImage:
+    """A key image for NCC: the FFT of its zero-mean pixels and, for every patch x patch
+    window inside it (top-left corners (i, j), i <= H - patch, j <= W - patch), the inverse
+    norm of the window's deviations from its own mean (integral images in float64)."""
+
+    def __init__(self, image, patch, fft_shape):
+        centred = image.astype(np.float64) - image.mean()
+        self.fft = scipy.fft.rfft2(centred.astype(np.float32), fft_shape)
+        self.valid = (image.shape[0] - patch + 1, image.shape[1] - patch + 1)
+        mean, mean_square = (_window_sums(v, patch) / patch ** 2 for v in (centred, centred ** 2))
+        self.inverse_norm = _inverse_norms(np.sqrt(np.maximum(mean_square - mean ** 2, 0.0)), patch)
+
+
+class _Templates:
+    """Templates (T, P, P), each made zero-mean and divided by the norm of its pixels'
+    deviations (0 when flat), as the conjugates of their FFTs zero-padded to a fast FFT size
+    no smaller than the key images, so that correlation at valid windows does not wrap."""
+
+    def __init__(self, templates, key_shape):
+        self.patch = templates.shape[-1]
+        self.fft_shape = tuple(scipy.fft.next_fast_len(n, real=True) for n in key_shape)
+        t = templates.astype(np.float64)
+        t -= t.mean(axis=(1, 2), keepdims=True)
+        t *= _inverse_norms(np.sqrt((t ** 2).mean(axis=(1, 2))), self.patch)[:, None, None]
+        self.conj_fft = np.conj(scipy.fft.rfft2(t.astype(np.float32), self.fft_shape))
+
+    def ncc(self, key, chunk=32):
+        """(T, H - P + 1, W - P + 1) NCC of each template with every window inside `key`.
+
+        With zero-mean templates, sum((K - mean K) T) = sum(K T): the correlation of the
+        key with each normalized template (the inverse FFT of conj(FFT(T)) FFT(K)), times
+        the key window's inverse norm, is the NCC. Undefined ones (a flat template or
+        window) are 0."""
+        out = np.empty((len(self.conj_fft),) + key.valid, np.float32)
+        for start in range(0, len(out), chunk):
+            corr = scipy.fft.irfft2(self.conj_fft[start:start + chunk] * key.fft, self.fft_shape)
+            np.multiply(corr[:, :key.valid[0], :key.valid[1]], key.inverse_norm, out=out[start:start + chunk])
+        return out
+
+    def best_centres(self, key):
+        """x, y centre of the best NCC window of each template (T, 2); ties go to the first
+        window in row-major order, so a flat template predicts the top-left window."""
+        scores = self.ncc(key)
+        rows, cols = np.unravel_index(scores.reshape(len(scores), -1).argmax(axis=1), scores.shape[1:])
+        return np.stack([cols, rows], axis=-1) + (self.patch - 1) / 2
 
 
 def _landmark_windows(images, landmarks, patch):
@@ -402,7 +603,7 @@ def _landmark_windows(images, landmarks, patch):
     return windows, image_index, ids
 
 
-def landmark_embeddings(enc, images, landmarks, k=5, patch=64, features="cls", tsne=True, seed=0):
+def landmark_embeddings(enc, images, landmarks, k=5, patch=64, features="default", tsne=True, seed=0):
     """Fig. 6: are the embeddings of different anatomical landmarks distinct?
 
     Embeds the patch x patch window centred on every present landmark and measures how
@@ -410,7 +611,8 @@ def landmark_embeddings(enc, images, landmarks, k=5, patch=64, features="cls", t
 
     * accuracy: k-nearest-neighbour (L2) landmark-identity accuracy, leave-one-image-out
       (each image's landmarks are classified by the other images' landmarks);
-      `knn_accuracy` is the same number. chance is the most frequent id's share.
+      `knn_accuracy` is the same number, `ci95` its interval resampling images, `correct`
+      (M,) the decisions. chance is the most frequent id's share.
     * silhouette: scikit-learn silhouette score of the embeddings with ids as clusters.
     * tsne: (M, 2) t-SNE of the embeddings (perplexity min(30, (M - 1) / 3)), or None when
       `tsne=False`.
@@ -421,7 +623,7 @@ def landmark_embeddings(enc, images, landmarks, k=5, patch=64, features="cls", t
     lm = _as_landmarks(landmarks, x)
     k = require_int("k", k, 1, _MAX_SAMPLES)
     patch = _check_window(patch, x.shape[1:])
-    _check_features(features)
+    features = resolve_features(enc, features)
     if not isinstance(tsne, (bool, np.bool_)):
         raise ACEError(f"tsne must be True or False, got {tsne!r}")
     seed = _check_seed(seed)
@@ -438,7 +640,7 @@ def landmark_embeddings(enc, images, landmarks, k=5, patch=64, features="cls", t
     k = min(k, len(ids) - np.bincount(image_index).max())
     pred = cross_val_predict(KNeighborsClassifier(n_neighbors=k), emb, ids, groups=image_index,
                              cv=LeaveOneGroupOut())
-    acc = float(accuracy_score(ids, pred))
+    correct = pred == ids
     sil = float(silhouette_score(emb, ids)) if len(np.unique(ids)) < len(ids) else float("nan")
     coords = None
     if tsne:
@@ -446,12 +648,14 @@ def landmark_embeddings(enc, images, landmarks, k=5, patch=64, features="cls", t
         # PCA initialization (the stable choice) needs at least two feature dimensions.
         init = "pca" if emb.shape[1] >= 2 else "random"
         coords = TSNE(n_components=2, perplexity=perplexity, init=init, random_state=seed).fit_transform(emb)
-    return {"accuracy": acc, "knn_accuracy": acc, "trials": len(ids),
-            "chance": float(np.bincount(ids).max() / len(ids)), "silhouette": sil, "k": k,
-            "embeddings": emb.astype(np.float32), "ids": ids, "image_index": image_index, "tsne": coords}
+    acc = float(correct.mean())
+    return {"accuracy": acc, "knn_accuracy": acc, "ci95": bootstrap_ci(correct, image_index), "trials": len(ids),
+            "chance": float(np.bincount(ids).max() / len(ids)), "silhouette": sil, "k": k, "features": features,
+            "correct": correct, "embeddings": emb.astype(np.float32), "ids": ids, "image_index": image_index,
+            "tsne": coords}
 
 
-def symmetry(enc, images, landmarks, pairs, patch=64, features="cls"):
+def symmetry(enc, images, landmarks, pairs, patch=64, features="default"):
     """Fig. 11: do mirrored structures embed alike?
 
     `pairs` lists (left, right) landmark indices of mirror structures. For each image and
@@ -460,16 +664,17 @@ def symmetry(enc, images, landmarks, pairs, patch=64, features="cls"):
     landmarks (the second entries of `pairs`) present in the same image; the decision is
     correct when the nearest one is the partner. chance is the mean of 1 / candidates.
 
-    Returns {"accuracy", "trials", "chance"}.
+    Returns {"accuracy", "ci95" (resampling images), "trials", "chance", "features",
+    "correct": (trials,) the decisions, "image_index": (trials,) their images}.
     """
     x = _as_images(images)
     lm = _as_landmarks(landmarks, x)
     pairs = _landmark_pairs(pairs, lm.shape[1])
     patch = _check_window(patch, x.shape[1:])
-    _check_features(features)
+    features = resolve_features(enc, features)
     present = ~np.isnan(lm).any(-1)
     right = np.unique(pairs[:, 1])
-    correct, chance = [], []
+    correct, chance, image_index = [], [], []
     for i in range(len(x)):
         candidates = right[present[i, right]]
         queries = pairs[present[i, pairs[:, 0]] & present[i, pairs[:, 1]]]
@@ -480,9 +685,12 @@ def symmetry(enc, images, landmarks, pairs, patch=64, features="cls"):
                                             _global_features(enc, _windows(x[i], lm[i, candidates], patch), features))
         correct.extend(candidates[nearest] == queries[:, 1])
         chance.extend([1.0 / len(candidates)] * len(queries))
+        image_index.extend([i] * len(queries))
     if not correct:
         raise ACEError("no image has both landmarks of any pair")
-    return {"accuracy": float(np.mean(correct)), "trials": len(correct), "chance": float(np.mean(chance))}
+    correct, image_index = np.array(correct), np.array(image_index)
+    return {"accuracy": float(correct.mean()), "ci95": bootstrap_ci(correct, image_index), "trials": len(correct),
+            "chance": float(np.mean(chance)), "features": features, "correct": correct, "image_index": image_index}
 
 
 def _landmark_pairs(pairs, n_landmarks):
@@ -510,16 +718,16 @@ def _split_pair(name, value, what):
 
 
 # ---------------------------------------------------------------- transfer
-def linear_probe_classification(enc, train, test, features="cls", C=1.0):
+def linear_probe_classification(enc, train, test, features="default", C=1.0):
     """Frozen-feature classification (e.g. JSRT nodule vs no nodule).
 
     train and test are (images, labels). A logistic regression (scikit-learn, features
     standardized on the training set, inverse regularization `C`) is fitted on the
     frozen f(x) of the training images. auc is the ROC AUC on the test set (one-vs-rest
     for more than two classes), accuracy the share of correct labels; chance is the most
-    frequent test label's share.
+    frequent test label's share. auc_ci95 resamples the test images.
 
-    Returns {"auc", "accuracy", "trials", "chance", "n_train", "n_test"}.
+    Returns {"auc", "auc_ci95", "accuracy", "trials", "chance", "n_train", "n_test", "features"}.
     """
     x_train, y_train = _split_pair("train", train, "images, labels")
     x_test, y_test = _split_pair("test", test, "images, labels")
@@ -532,20 +740,32 @@ def linear_probe_classification(enc, train, test, features="cls", C=1.0):
             raise ACEError(f"{name} labels must hold at least 2 classes (for the fit and the ROC AUC), "
                            f"got only {np.unique(y).tolist()}")
     C = require_float("C", C, positive=True)
-    _check_features(features)
+    features = resolve_features(enc, features)
     f_train = _global_features(enc, x_train, features)
     f_test = _global_features(enc, x_test, features)
     clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000))
     clf.fit(f_train, y_train)
-    proba = clf.predict_proba(f_test)
-    if len(clf.classes_) == 2:
-        auc = roc_auc_score(y_test, proba[:, 1])
-    else:
-        auc = roc_auc_score(y_test, proba, multi_class="ovr", labels=clf.classes_)
+    # Rows (class index, probabilities) of the test images: what the bootstrap resamples.
+    rows = np.column_stack([np.searchsorted(clf.classes_, y_test), clf.predict_proba(f_test)])
     _, counts = np.unique(y_test, return_counts=True)
-    return {"auc": float(auc), "accuracy": float(accuracy_score(y_test, clf.predict(f_test))),
+    return {"auc": _auc(rows), "auc_ci95": bootstrap_ci(rows, statistic=_auc),
+            "accuracy": float(accuracy_score(y_test, clf.predict(f_test))),
             "trials": len(y_test), "chance": float(counts.max() / len(y_test)),
-            "n_train": len(y_train), "n_test": len(y_test)}
+            "n_train": len(y_train), "n_test": len(y_test), "features": features}
+
+
+def _auc(rows):
+    """ROC AUC (one-vs-rest past two classes) of (class index, class probabilities) rows;
+    NaN unless every class occurs. Two classes: the Mann-Whitney U statistic from mid-ranks
+    (equal to scikit-learn's AUC, without its checks, which dominate 1000 bootstrap resamples)."""
+    labels, proba = rows[:, 0].astype(int), rows[:, 1:]
+    if len(np.unique(labels)) < proba.shape[1]:
+        return math.nan
+    if proba.shape[1] == 2:
+        positive = labels == 1
+        n_pos, n_neg = positive.sum(), (~positive).sum()
+        return float((rankdata(proba[:, 1])[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(roc_auc_score(labels, proba, multi_class="ovr", labels=np.arange(proba.shape[1])))
 
 
 def dice(pred, target):
@@ -625,7 +845,8 @@ def segmentation(enc, train, test, mode="linear", shots=None, structures=None, C
     the core's backward pass, see `_finetune`; the original encoder is left unchanged.
     `finetune` overrides its settings (epochs, batch, lr, head_lr, weight_decay).
 
-    Returns {"dice": {name: mean}, "dice_per_image": {name: (N_test,)}, "shots": n_train_used}.
+    Returns {"dice": {name: mean}, "dice_ci95": {name: [lo, hi]} resampling test images,
+    "dice_per_image": {name: (N_test,)}, "shots": n_train_used}.
     """
     require_choice("mode", mode, ("linear", "finetune"))
     x_train, m_train = _split_pair("train", train, "images, masks")
@@ -660,7 +881,8 @@ def segmentation(enc, train, test, mode="linear", shots=None, structures=None, C
                   for p, t in zip(probs[..., s], target)]
         per_image[name] = np.array(scores)
         mean_dice[name] = float(np.mean(scores))
-    return {"dice": mean_dice, "dice_per_image": per_image, "shots": len(order)}
+    return {"dice": mean_dice, "dice_ci95": {name: bootstrap_ci(v) for name, v in per_image.items()},
+            "dice_per_image": per_image, "shots": len(order)}
 
 
 def _finetune_settings(settings):

@@ -1,14 +1,16 @@
 """`ace evaluate` and the labelled data sets it reads."""
 import json
+import shutil
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from ace.data import load_jsrt, mirror_pairs, phantom_set
-from ace.evaluate import headline, per_structure
+from ace.evaluate import _PooledFeatures, dice_summary, format_ci, headline, per_structure
 
-from conftest import JSRT, needs_jsrt
+from conftest import JSRT, REPOSITORY, needs_jsrt
 
 
 @needs_jsrt
@@ -46,22 +48,109 @@ def test_per_structure_means():
     assert per_structure(values) == {"right_lung": 1.0, "left_lung": 2.0, "heart": None}
 
 
-def test_evaluate_quick_on_the_phantom(tmp_path):
+@pytest.fixture(scope="module")
+def quick_phantom_evaluation(tmp_path_factory):
+    """`ace evaluate --quick` of a random-init vit_nano on the phantoms, run once for the tests below."""
+    out = tmp_path_factory.mktemp("quick_evaluation")
     r = subprocess.run([sys.executable, "-m", "ace", "evaluate", "--random-init", "vit_nano", "--quick",
-                        "--out", str(tmp_path)], capture_output=True, text=True)
+                        "--out", str(out)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    m = json.loads((tmp_path / "metrics.json").read_text())
-    for key in ("compositionality", "decompositionality", "retrieval", "landmarks_dense", "landmark_embeddings",
-                "symmetry", "classification", "segmentation", "segmentation_2shot", "segmentation_10shot",
-                "segmentation_finetune"):
+    return out
+
+
+def test_evaluate_quick_on_the_phantom(quick_phantom_evaluation):
+    out = quick_phantom_evaluation
+    m = json.loads((out / "metrics.json").read_text())
+    for key in ("compositionality", "decompositionality", "retrieval", "landmarks_dense", "landmarks_template",
+                "landmarks_window", "landmarks_window_paper", "landmarks_window_dense", "landmarks_window_template",
+                "landmark_embeddings", "symmetry", "symmetry_paper", "classification", "segmentation",
+                "segmentation_2shot", "segmentation_10shot", "segmentation_finetune"):
         assert key in m, key
-    for key in ("decompositionality", "retrieval", "landmark_embeddings", "symmetry"):
-        assert 0 <= m[key]["accuracy"] <= 1 and 0 < m[key]["chance"] < 1 and m[key]["trials"] > 0
-    assert np.isfinite(list(headline(m).values())).all()
-    report = (tmp_path / "report.md").read_text()
-    for figure in ("compositionality_kde.png", "tsne.png", "landmark_predictions.png", "landmark_errors.png"):
-        assert f"({figure})" in report and (tmp_path / figure).stat().st_size > 0
-    assert "| dense |" in report and "| fine-tuned |" in report
+    # A random-init encoder has no method of its own: its default is the CLS token, and every
+    # global probe is also measured on the other representation.
+    assert m["default_features"] == "cls"
+    for key in ("compositionality", "retrieval", "symmetry_paper", "landmarks_window_paper", "classification"):
+        assert m[key] == m[f"{key}_cls"] and m[f"{key}_mean"]["features"] == "mean", key
+    for key in ("decompositionality", "retrieval", "landmark_embeddings", "symmetry", "symmetry_paper"):
+        for f in ("mean", "cls"):
+            r = m[f"{key}_{f}"]
+            assert 0 <= r["accuracy"] <= 1 and 0 < r["chance"] < 1 and r["trials"] > 0
+            assert r["ci95"][0] <= r["accuracy"] <= r["ci95"][1]
+    # The paper's window is 224 / 64 times the small one; the template matches on the dense probe's pairs.
+    assert m["landmarks_window_paper"]["patch"] == 112 and m["landmarks_window"]["patch"] == 32
+    assert m["landmarks_template"]["pairs"] == m["landmarks_dense"]["pairs"] == 30
+    assert m["landmarks_template"]["identity_error"] == m["landmarks_dense"]["identity_error"]
+    assert m["landmarks_window_dense"]["pairs"] == 12 and m["landmarks_window_template"]["pairs"] == 12
+    rows = headline(m)
+    assert all(np.isfinite(row["value"]) and len(row["ci95"]) == 2 for row in rows.values())
+    assert rows["retrieval acc, CLS"]["text"] == format_ci(m["retrieval_cls"]["accuracy"], m["retrieval_cls"]["ci95"])
+    report = (out / "report.md").read_text()
+    for figure in ("compositionality_kde.png", "tsne.png", "tsne_structures.png", "landmark_predictions.png",
+                   "landmark_errors.png", "landmark_window_errors.png"):
+        assert f"({figure})" in report and (out / figure).stat().st_size > 0
+    assert "| dense tokens | patch tokens |" in report and "| fine-tuned |" in report
+    assert "| NCC of a 32 px template (no model) | raw pixels |" in report and "| window 112 px | CLS (default) |" in report
+    value = m["retrieval_mean"]
+    assert f"| {format_ci(value['accuracy'], value['ci95'])} |" in report
+
+
+def test_compare_notebook_tabulates_evaluations(quick_phantom_evaluation, tmp_path):
+    # Two "encoders" that reuse the evaluation above: the notebook only tabulates them.
+    evals = tmp_path / "evals"
+    for name in ("run_a", "random_init"):
+        shutil.copytree(quick_phantom_evaluation, evals / name)
+    r = subprocess.run([sys.executable, str(REPOSITORY / "notebooks" / "compare_pretraining.py"), "--runs",
+                        str(tmp_path / "run_a"), "--data", "phantom", "--quick", "--reuse", "--eval-root",
+                        str(evals), "--results", str(tmp_path / "results"), "--name", "t"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    table = (tmp_path / "results" / "t.md").read_text()
+    rows = json.loads((tmp_path / "results" / "t.json").read_text())
+    assert set(rows) == {"run_a", "random init"}
+    m = json.loads((quick_phantom_evaluation / "metrics.json").read_text())
+    expected = headline(m)["retrieval acc, CLS"]["text"]
+    # Both columns, the CLS row starred (the random init's own representation), the paper beside.
+    assert f"| retrieval acc, CLS | {expected} * | {expected} * | 0.944 |" in table
+    assert f"| retrieval acc, mean token | {headline(m)['retrieval acc, mean token']['text']} |" in table
+    assert "landmark error px, NCC template (no model)" in table and "# reused" in table
+    for figure in ("t_compositionality.png", "t_landmark_errors.png", "t_landmark_window_errors.png"):
+        assert f"({figure})" in table and (tmp_path / "results" / figure).stat().st_size > 0
+
+
+def test_pooled_features_embed_each_batch_once():
+    class Counting:
+        config = {"img_size": 32, "patch_size": 16, "embed_dim": 2}
+        calls = 0
+
+        def embed(self, images, batch_size=64):
+            Counting.calls += 1
+            x = np.asarray(images, np.float64)
+            tokens = np.stack([x[:, :16, :16].mean((1, 2)), x[:, 16:, 16:].mean((1, 2))], -1)
+            return x.max(axis=(1, 2))[:, None].repeat(2, 1), np.broadcast_to(tokens[:, None, None], (len(x), 2, 2, 2))
+
+    images = np.random.default_rng(0).uniform(0, 1, (5, 32, 32)).astype(np.float32)
+    pooled = _PooledFeatures(Counting())
+    cls, tokens = pooled.embed(images)
+    again = pooled.embed(images.copy())
+    assert Counting.calls == 1 and again[0] is cls and tokens.shape == (5, 1, 1, 2)
+    np.testing.assert_allclose(tokens[:, 0, 0], Counting().embed(images)[1].mean(axis=(1, 2)))
+    pooled.embed(images[:, :, ::-1])                     # other pixels: embedded anew
+    assert Counting.calls == 3 and pooled.default_features == "cls"
+
+
+def test_dice_summary_averages_sides_per_image():
+    per_image = {"heart": np.array([0.8, 0.8]), "left_lung": np.array([0.9, 0.5]), "right_lung": np.array([0.7, 0.5]),
+                 "left_clavicle": np.array([0.2, 0.2]), "right_clavicle": np.array([0.0, 0.0])}
+    s = dice_summary(per_image)
+    assert s["heart"] == {"value": pytest.approx(0.8), "ci95": pytest.approx([0.8, 0.8])}
+    assert s["lungs"]["value"] == pytest.approx(0.65) and s["lungs"]["ci95"] == pytest.approx([0.5, 0.8])
+    assert s["clavicles"]["ci95"] == pytest.approx([0.1, 0.1]) and s["mean"]["value"] == pytest.approx(0.46)
+
+
+def test_format_ci():
+    assert format_ci(0.12345, [0.1, 0.2]) == "0.123 [0.100, 0.200]"
+    assert format_ci(41.26, [30.0, 52.34], 1) == "41.3 [30.0, 52.3]" and format_ci(None) == "-"
+    assert format_ci(0.5, [None, None]) == "0.500"
 
 
 def test_evaluate_rejects_a_bad_data_folder(tmp_path):

@@ -84,13 +84,26 @@ def phantom_set(n=60, size=256, seed=0):
                        phantom.landmark_array(cohort), split, "phantom")
 
 
+def landmark_ids(structure):
+    """The landmark ids (indices into the landmark arrays) of one structure of LANDMARK_ORDER."""
+    return np.arange(LANDMARK_OFFSETS[structure], LANDMARK_OFFSETS[structure] + phantom.LANDMARK_COUNTS[structure])
+
+
+def landmark_structures(ids):
+    """The structure of each landmark id, as an index into LANDMARK_ORDER (right lung, left
+    lung, heart: the HybridGNet order of the landmark arrays)."""
+    ids = np.asarray(ids)
+    if ids.size and (ids.min() < 0 or ids.max() >= LANDMARKS):
+        raise ValueError(f"landmark ids must lie in [0, {LANDMARKS - 1}], got values in [{ids.min()}, {ids.max()}]")
+    return np.searchsorted([LANDMARK_OFFSETS[s] for s in LANDMARK_ORDER], ids, side="right") - 1
+
+
 def mirror_pairs(landmarks, width, max_distance=12.0):
     """(left lung, right lung) landmark index pairs of mirror structures: each right-lung
     landmark's mean position, mirrored about the image's vertical midline, paired with the
     nearest mean left-lung landmark when within `max_distance` pixels."""
     mean = np.nanmean(landmarks, axis=0)
-    right = np.arange(LANDMARK_OFFSETS["right_lung"], LANDMARK_OFFSETS["right_lung"] + phantom.LANDMARK_COUNTS["right_lung"])
-    left = np.arange(LANDMARK_OFFSETS["left_lung"], LANDMARK_OFFSETS["left_lung"] + phantom.LANDMARK_COUNTS["left_lung"])
+    right, left = landmark_ids("right_lung"), landmark_ids("left_lung")
     pairs = []
     for r in right:
         mirrored = np.array([width - 1 - mean[r, 0], mean[r, 1]])
