@@ -19,6 +19,7 @@
 
 # %%
 import argparse
+import importlib.util
 import json
 import subprocess
 import sys
@@ -47,7 +48,8 @@ ap.add_argument("--lr", type=float, default=5e-3)
 ap.add_argument("--out", default=str(ROOT / "runs" / "compare"), help="pretraining runs (without --runs)")
 ap.add_argument("--stage", default="all", choices=["pretrain", "evaluate", "all"])
 args = ap.parse_args()
-sys.path.insert(0, str(ROOT / "python"))
+if importlib.util.find_spec("ace") is None:   # run from a source tree without `pip install`
+    sys.path.insert(0, str(ROOT / "python"))
 
 
 def run(cmd):
