@@ -125,8 +125,20 @@ public final class AttentionActivations {
     public init() {}
 }
 
+/// p <- softmax(p) over a row of n.
 @inline(__always)
 func softmaxRow(_ p: UnsafeMutablePointer<Float>, _ n: Int) {
+    softmaxRow(p, n) { j, value in p[j] = value }
+}
+
+/// softmax(p) rounded to bf16 into out (p is left exponentiated): for a bf16 product's operand.
+@inline(__always)
+func softmaxRow(_ p: UnsafeMutablePointer<Float>, _ n: Int, bf16 out: UnsafeMutablePointer<UInt16>) {
+    softmaxRow(p, n) { j, value in out[j] = bf16Bits(value) }
+}
+
+@inline(__always)
+private func softmaxRow(_ p: UnsafeMutablePointer<Float>, _ n: Int, store: (Int, Float) -> Void) {
     // Max and sum run on 16 independent lanes: a single accumulator is a serial dependency
     // chain that keeps the loop from vectorizing.
     let lanes = n / 16 * 16
@@ -140,5 +152,5 @@ func softmaxRow(_ p: UnsafeMutablePointer<Float>, _ n: Int) {
     var sum = horizontalSum(sums)
     for j in lanes..<n { sum += p[j] }
     let inv = 1 / sum
-    for j in 0..<n { p[j] *= inv }
+    for j in 0..<n { store(j, p[j] * inv) }
 }

@@ -92,13 +92,6 @@ func gatherHeads(_ src: UnsafePointer<Float>, batch: Int, tokens: Int, heads: In
 /// columns of (B, T, ...) rows.
 func scatterHeads(_ src: UnsafePointer<Float>, batch: Int, tokens: Int, heads: Int, headDim: Int,
                   rowStride: Int, offset: Int, into dst: UnsafeMutablePointer<Float>) {
-    parallelChunks(batch * heads, minPerChunk: 1) { range in
-        for bh in range {
-            let (i, h) = (bh / heads, bh % heads)
-            for r in 0..<tokens {
-                (dst + (i * tokens + r) * rowStride + offset + h * headDim)
-                    .update(from: src + (bh * tokens + r) * headDim, count: headDim)
-            }
-        }
-    }
+    copyHeads(src, dst, batch: batch, tokens: tokens, heads: heads, headDim: headDim, rowStride: rowStride,
+              offset: offset, intoHeads: false)
 }

@@ -84,10 +84,33 @@ public struct Strides: Hashable {
 public func bf16Matmul(batch: Int, m: Int, n: Int, k: Int, alpha: Float = 1,
                        a: UnsafePointer<UInt16>, _ sa: Strides, b: UnsafePointer<UInt16>, _ sb: Strides,
                        beta: Float = 0, c: UnsafeMutablePointer<Float>, _ sc: Strides) -> Bool {
+    bf16Matmul(batch: batch, m: m, n: n, k: k, alpha: alpha, a: a, sa, b: b, sb, beta: beta,
+               output: UnsafeMutableRawPointer(c), sc, epilogue: Epilogue())
+}
+
+/// What a product does to its output inside oneDNN's kernel, before storing it: adding a bias
+/// per column, the exact (erf) GELU, rounding to bf16. Fusing these saves a pass over the
+/// output for each, and a bf16 output is already the next product's operand.
+public struct Epilogue: Hashable, Sendable {
+    public var bias = false
+    public var gelu = false
+    public var bf16Output = false
+    public init(bias: Bool = false, gelu: Bool = false, bf16Output: Bool = false) {
+        (self.bias, self.gelu, self.bf16Output) = (bias, gelu, bf16Output)
+    }
+}
+
+/// C[i] = epilogue(alpha * A[i] B[i] + bias + beta * C[i]): as `bf16Matmul` above, with the
+/// output fp32 or bf16 (`epilogue.bf16Output`) and `bias` (n floats) when `epilogue.bias`.
+func bf16Matmul(batch: Int, m: Int, n: Int, k: Int, alpha: Float = 1,
+                a: UnsafePointer<UInt16>, _ sa: Strides, b: UnsafePointer<UInt16>, _ sb: Strides,
+                beta: Float = 0, output c: UnsafeMutableRawPointer, _ sc: Strides,
+                epilogue: Epilogue, bias: UnsafePointer<Float>? = nil) -> Bool {
     if batch == 0 || m == 0 || n == 0 { return true }
-    guard let dnn = OneDNN.shared else { return false }
-    let shape = OneDNN.Shape(batch: batch, m: m, n: n, k: k, a: sa, b: sb, c: sc, alpha: alpha, beta: beta)
-    return (try? dnn.run(shape, a: a, b: b, c: c)) != nil
+    guard let dnn = OneDNN.shared, epilogue.bias == (bias != nil) else { return false }
+    let shape = OneDNN.Shape(batch: batch, m: m, n: n, k: k, a: sa, b: sb, c: sc, alpha: alpha, beta: beta,
+                             epilogue: epilogue)
+    return (try? dnn.run(shape, a: a, b: b, c: c, bias: bias)) != nil
 }
 
 /// C = alpha * op(A) op(B) + beta * C with bf16 operands and fp32 accumulation, through
@@ -120,12 +143,14 @@ final class OneDNN {
         let batch: Int, m: Int, n: Int, k: Int
         let a: Strides, b: Strides, c: Strides
         let alpha: Float, beta: Float
+        var epilogue = Epilogue()
     }
 
     private var engine: dnnl_engine_t?
     private var stream: dnnl_stream_t?
-    private var primitives: [Shape: (primitive: dnnl_primitive_t, a: dnnl_memory_desc_t,
-                                     b: dnnl_memory_desc_t, c: dnnl_memory_desc_t)] = [:]
+    private typealias Entry = (primitive: dnnl_primitive_t, a: dnnl_memory_desc_t, b: dnnl_memory_desc_t,
+                               c: dnnl_memory_desc_t, bias: dnnl_memory_desc_t)
+    private var primitives: [Shape: Entry] = [:]
     private let bufferA = BF16Buffer(), bufferB = BF16Buffer()
     private let lock = Lock(), operandLock = Lock()
 
@@ -148,41 +173,51 @@ final class OneDNN {
         }
     }
 
-    func run(_ shape: Shape, a: UnsafePointer<UInt16>, b: UnsafePointer<UInt16>, c: UnsafeMutablePointer<Float>) throws {
-        try lock.locked { try execute(shape, a: a, b: b, c: c) }
+    func run(_ shape: Shape, a: UnsafePointer<UInt16>, b: UnsafePointer<UInt16>, c: UnsafeMutableRawPointer,
+             bias: UnsafePointer<Float>? = nil) throws {
+        try lock.locked { try execute(shape, a: a, b: b, c: c, bias: bias) }
     }
 
     private func execute(_ shape: Shape, a: UnsafePointer<UInt16>, b: UnsafePointer<UInt16>,
-                         c: UnsafeMutablePointer<Float>) throws {
+                         c: UnsafeMutableRawPointer, bias: UnsafePointer<Float>?) throws {
         var entry = try primitives[shape] ?? create(shape)
         primitives[shape] = entry
         omp_set_num_threads(Int32(workerCount))
-        var memA: dnnl_memory_t?, memB: dnnl_memory_t?, memC: dnnl_memory_t?
-        defer { for mem in [memA, memB, memC] where mem != nil { dnnl_memory_destroy(mem) } }
+        var memA: dnnl_memory_t?, memB: dnnl_memory_t?, memC: dnnl_memory_t?, memBias: dnnl_memory_t?
+        defer { for mem in [memA, memB, memC, memBias] where mem != nil { dnnl_memory_destroy(mem) } }
         try check(dnnl_memory_create(&memA, &entry.a, engine, UnsafeMutableRawPointer(mutating: a)), "memory")
         try check(dnnl_memory_create(&memB, &entry.b, engine, UnsafeMutableRawPointer(mutating: b)), "memory")
         try check(dnnl_memory_create(&memC, &entry.c, engine, c), "memory")
         var args = [dnnl_exec_arg_t(arg: DNNL_ARG_SRC, memory: memA),
                     dnnl_exec_arg_t(arg: DNNL_ARG_WEIGHTS, memory: memB),
                     dnnl_exec_arg_t(arg: DNNL_ARG_DST, memory: memC)]
-        try check(dnnl_primitive_execute(entry.primitive, stream, 3, &args), "matmul")
+        if let bias {
+            try check(dnnl_memory_create(&memBias, &entry.bias, engine, UnsafeMutableRawPointer(mutating: bias)),
+                      "memory")
+            args.append(dnnl_exec_arg_t(arg: DNNL_ARG_BIAS, memory: memBias))
+        }
+        try check(dnnl_primitive_execute(entry.primitive, stream, Int32(args.count), &args), "matmul")
         try check(dnnl_stream_wait(stream), "stream wait")
     }
 
-    private func create(_ s: Shape) throws -> (primitive: dnnl_primitive_t, a: dnnl_memory_desc_t,
-                                               b: dnnl_memory_desc_t, c: dnnl_memory_desc_t) {
-        func desc(_ rows: Int, _ cols: Int, _ st: Strides, _ type: dnnl_data_type_t) throws -> dnnl_memory_desc_t {
+    private func create(_ s: Shape) throws -> Entry {
+        func desc(_ rows: Int, _ cols: Int, _ st: Strides, _ type: dnnl_data_type_t,
+                  batch: Int? = nil) throws -> dnnl_memory_desc_t {
             var md = dnnl_memory_desc_t()
-            let dims: [Int64] = [Int64(s.batch), Int64(rows), Int64(cols)]
+            let dims: [Int64] = [Int64(batch ?? s.batch), Int64(rows), Int64(cols)]
             let strides: [Int64] = [Int64(st.batch), Int64(st.row), Int64(st.column)]
             try check(dnnl_memory_desc_init_by_strides(&md, 3, dims, type, strides), "memory descriptor")
             return md
         }
         var a = try desc(s.m, s.k, s.a, dnnl_bf16)
         var b = try desc(s.k, s.n, s.b, dnnl_bf16)
-        var c = try desc(s.m, s.n, s.c, dnnl_f32)
+        var c = try desc(s.m, s.n, s.c, s.epilogue.bf16Output ? dnnl_bf16 : dnnl_f32)
+        // One bias row, broadcast over the batch and the rows.
+        var bias = try desc(1, s.n, Strides(s.n, s.n, 1), dnnl_f32, batch: 1)
         var op = dnnl_matmul_desc_t()
-        try check(dnnl_matmul_desc_init(&op, &a, &b, nil, &c), "matmul descriptor")
+        let status = s.epilogue.bias ? dnnl_matmul_desc_init(&op, &a, &b, &bias, &c)
+                                     : dnnl_matmul_desc_init(&op, &a, &b, nil, &c)
+        try check(status, "matmul descriptor")
         var attr: dnnl_primitive_attr_t?
         try check(dnnl_primitive_attr_create(&attr), "attributes")
         defer { dnnl_primitive_attr_destroy(attr) }
@@ -190,11 +225,14 @@ final class OneDNN {
             var scale = s.alpha
             try check(dnnl_primitive_attr_set_output_scales(attr, 1, 0, &scale), "output scale")
         }
-        if s.beta != 0 {
+        if s.beta != 0 || s.epilogue.gelu {
             var ops: dnnl_post_ops_t?
             try check(dnnl_post_ops_create(&ops), "post-ops")
             defer { dnnl_post_ops_destroy(ops) }
-            try check(dnnl_post_ops_append_sum(ops, s.beta), "sum post-op")
+            if s.beta != 0 { try check(dnnl_post_ops_append_sum(ops, s.beta), "sum post-op") }
+            if s.epilogue.gelu {
+                try check(dnnl_post_ops_append_eltwise(ops, 1, dnnl_eltwise_gelu_erf, 0, 0), "GELU post-op")
+            }
             try check(dnnl_primitive_attr_set_post_ops(attr, ops), "post-ops")
         }
         var pd: dnnl_primitive_desc_t?
@@ -203,7 +241,7 @@ final class OneDNN {
         var primitive: dnnl_primitive_t?
         try check(dnnl_primitive_create(&primitive, pd), "matmul primitive")
         guard let primitive else { throw ACEError("oneDNN returned no matmul primitive") }
-        return (primitive, a, b, c)
+        return (primitive, a, b, c, bias)
     }
 
     /// The implementation oneDNN chose for a shape (e.g. "brg:avx512_core_bf16"), for tests.

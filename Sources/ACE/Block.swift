@@ -36,14 +36,19 @@ public final class Block {
     }
 
     /// Inference in place: x += attn(norm1(x)), then x += mlp(norm2(x)) (drop path is the
-    /// identity), with every intermediate in `shared` and nothing kept for backward.
+    /// identity), with every intermediate in `shared` and nothing kept for backward. In bf16,
+    /// each half runs fused (InferenceBF16.swift), or as here if oneDNN cannot run it.
     public func infer(_ x: Tensor, shared s: InferenceScratch) {
-        norm1.forward(x, into: s.normed, keep: false)
-        attn.forward(s.normed, into: s.branch, shared: s.attention)
-        add(s.branch, into: x)
-        norm2.forward(x, into: s.normed, keep: false)
-        mlp.infer(s.normed, into: s.branch, hidden: s.hidden)
-        add(s.branch, into: x)
+        if !(attn.precision == .bf16 && inferAttentionBF16(x, shared: s)) {
+            norm1.forward(x, into: s.normed, keep: false)
+            attn.forward(s.normed, into: s.branch, shared: s.attention)
+            add(s.branch, into: x)
+        }
+        if !(mlp.fc1.precision == .bf16 && inferMLPBF16(x, shared: s)) {
+            norm2.forward(x, into: s.normed, keep: false)
+            mlp.infer(s.normed, into: s.branch, hidden: s.hidden)
+            add(s.branch, into: x)
+        }
     }
 
     /// dy -> dx (may be the same tensor as dy).

@@ -24,6 +24,31 @@ public final class GELU {
         }
     }
 
+    /// The forward rounded to bf16 into y: the next product's operand, with no fp32 copy.
+    func forward(_ x: Tensor, intoBF16 y: UnsafeMutablePointer<UInt16>) {
+        let xs = x.data
+        input = x
+        parallelChunks(x.count, minPerChunk: 4096) { range in
+            for i in range { let v = xs[i]; y[i] = bf16Bits(v * (0.5 * (1 + fastErf(v * 0.70710678118654752)))) }
+        }
+    }
+
+    /// The backward, also writing the forward's output again in bf16 (for the next layer's
+    /// weight gradient) from the same Phi: one erf per value for both.
+    func backward(_ dy: Tensor, into dx: Tensor, recomputingBF16 y: UnsafeMutablePointer<UInt16>) {
+        dx.reshape(dy.shape)
+        let xs = input.data, dys = dy.data, dxs = dx.data
+        parallelChunks(dy.count, minPerChunk: 4096) { range in
+            for i in range {
+                let v = xs[i]
+                let cdf = 0.5 * (1 + fastErf(v * 0.70710678118654752))
+                let pdf = 0.39894228040143268 * fastExp(-0.5 * v * v)
+                y[i] = bf16Bits(v * cdf)
+                dxs[i] = dys[i] * (cdf + v * pdf)
+            }
+        }
+    }
+
     /// d/dx [x Phi(x)] = Phi(x) + x phi(x).
     public func backward(_ dy: Tensor, into dx: Tensor) {
         dx.reshape(dy.shape)

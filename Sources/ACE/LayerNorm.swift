@@ -26,9 +26,7 @@ public final class LayerNorm {
         parallelChunks(rows) { range in
             for r in range {
                 let xr = xs + r * c
-                let mean = laneSum(xr, c) / Float(c)
-                let variance = laneSquaredDeviations(xr, c, mean: mean)
-                let inv = 1 / (variance / Float(c) + eps).squareRoot()
+                let (mean, inv) = statistics(xr)
                 let yr = ys + r * c
                 if keep {
                     rs[r] = inv
@@ -43,6 +41,27 @@ public final class LayerNorm {
                 }
             }
         }
+    }
+
+    /// The forward rounded to bf16 into y (inference: the next product's operand).
+    func forward(_ x: Tensor, intoBF16 y: UnsafeMutablePointer<UInt16>) {
+        let c = dim
+        let g = weight.value.data, b = bias.value.data, xs = x.data
+        parallelChunks(x.count / c) { range in
+            for r in range {
+                let xr = xs + r * c, yr = y + r * c
+                let (mean, inv) = statistics(xr)
+                for j in 0..<c { yr[j] = bf16Bits((xr[j] - mean) * inv * g[j] + b[j]) }
+            }
+        }
+    }
+
+    /// Mean and 1 / standard deviation of a row.
+    @inline(__always)
+    private func statistics(_ xr: UnsafePointer<Float>) -> (mean: Float, inv: Float) {
+        let mean = laneSum(xr, dim) / Float(dim)
+        let variance = laneSquaredDeviations(xr, dim, mean: mean)
+        return (mean, 1 / (variance / Float(dim) + eps).squareRoot())
     }
 
     /// dx = rstd * (g*dy - mean(g*dy) - xhat * mean(g*dy*xhat)); accumulates dg, db.

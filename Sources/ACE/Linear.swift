@@ -7,6 +7,8 @@ public final class Linear {
     public var precision: Precision = .fp32
     /// The input of the last forward, kept by reference for backward.
     private var input: Tensor?
+    /// The weight rounded to bf16 for the bf16 products (LinearBF16.swift).
+    let weightBF16 = BF16Buffer()
 
     /// `weightShape` lets a layer keep PyTorch's shape for a weight that acts as (out, in),
     /// such as a stride-p convolution's (C, in_chans, p, p).
@@ -33,11 +35,12 @@ public final class Linear {
     public func forward(_ x: Tensor, into y: Tensor, keepInput: Bool = true) {
         let rows = x.count / inFeatures
         y.reshape(Array(x.shape.dropLast()) + [outFeatures])
+        input = keepInput ? x : nil
+        if precision == .bf16 && forwardBF16(x.data, rows: rows, into: y.data) { return }
         let b = bias.value.data
         for r in 0..<rows { (y.data + r * outFeatures).update(from: b, count: outFeatures) }
         gemm(transB: true, m: rows, n: outFeatures, k: inFeatures,
-             a: x.data, b: weight.value.data, beta: 1, c: y.data, precision: precision)
-        input = keepInput ? x : nil
+             a: x.data, b: weight.value.data, beta: 1, c: y.data)
     }
 
     /// y = x W^T + b again for the input kept by the last forward (activation recomputation).
@@ -51,17 +54,25 @@ public final class Linear {
     public func backward(_ dy: Tensor, into dx: Tensor?, input recomputed: Tensor? = nil) {
         guard let x = recomputed ?? input else { return }
         let rows = dy.count / outFeatures
+        dx?.reshape(x.shape)
+        accumulateBiasGradient(dy)
+        if precision == .bf16 && backwardBF16(dy.data, rows: rows, into: dx?.data, roundInput: { buffer in
+            toBF16(x.data, rows: rows, cols: self.inFeatures, ld: self.inFeatures, into: buffer)
+        }) { return }
         gemm(transA: true, m: outFeatures, n: inFeatures, k: rows,
-             a: dy.data, b: x.data, beta: 1, c: weight.grad.data, precision: precision)
+             a: dy.data, b: x.data, beta: 1, c: weight.grad.data)
+        if let dx {
+            gemm(m: rows, n: inFeatures, k: outFeatures, a: dy.data, b: weight.value.data, c: dx.data)
+        }
+    }
+
+    /// db += sum over rows of dy.
+    func accumulateBiasGradient(_ dy: Tensor) {
+        guard hasBias else { return }
         let db = bias.grad.data
-        for r in 0..<rows where hasBias {
+        for r in 0..<(dy.count / outFeatures) {
             let row = dy.data + r * outFeatures
             for j in 0..<outFeatures { db[j] += row[j] }
-        }
-        if let dx {
-            dx.reshape(x.shape)
-            gemm(m: rows, n: inFeatures, k: outFeatures, a: dy.data, b: weight.value.data, c: dx.data,
-                 precision: precision)
         }
     }
 }

@@ -24,7 +24,16 @@ public final class MLP {
         fc1.forward(x, into: h)
         guard let norm else {
             // The activation is recomputed from h in backward (one erf per value), so it lives
-            // in the blocks' shared scratch instead of in every layer.
+            // in the blocks' shared scratch instead of in every layer. In bf16 it is stored
+            // rounded, as fc2's operand.
+            if fc2.precision == .bf16 {
+                let rows = h.count / fc1.outFeatures
+                scratch.activatedBF16.reserve(h.count)
+                act.forward(h, intoBF16: scratch.activatedBF16.data)
+                y.reshape(Array(h.shape.dropLast()) + [fc2.outFeatures])
+                if fc2.productBF16(scratch.activatedBF16.data, rows: rows, into: UnsafeMutableRawPointer(y.data),
+                                   epilogue: Epilogue()) { return }
+            }
             act.forward(h, into: scratch.activated)
             fc2.forward(scratch.activated, into: y, keepInput: false)
             return
@@ -50,11 +59,23 @@ public final class MLP {
             fc2.backward(dy, into: dActivation)
             for i in 0..<dActivation.count where normed[i] <= 0 { dActivation[i] = 0 }   // ReLU
             norm.backward(dActivation, into: dHidden)
-        } else {
+        } else if !(fc2.precision == .bf16 && backwardGELUBF16(dy)) {
             act.forward(h, into: scratch.activated)
             fc2.backward(dy, into: dActivation, input: scratch.activated)
             act.backward(dActivation, into: dHidden)
         }
         fc1.backward(dHidden, into: dx)
+    }
+
+    /// fc2's input gradient, then the GELU backward recomputing fc2's bf16 input on the way
+    /// (one erf per value for both), then fc2's weight gradient.
+    private func backwardGELUBF16(_ dy: Tensor) -> Bool {
+        let (dActivation, dHidden) = (scratch.dActivation, scratch.dHidden)
+        dActivation.reshape(h.shape)
+        guard fc2.backwardBF16(dy.data, rows: dy.count / fc2.outFeatures, into: dActivation.data,
+                               roundInput: { act.backward(dActivation, into: dHidden, recomputingBF16: $0) })
+        else { return false }
+        fc2.accumulateBiasGradient(dy)
+        return true
     }
 }

@@ -10,6 +10,7 @@ public final class BlockScratch {
     let branch = Tensor([0]), mid = Tensor([0]), headProduct = Tensor([0])
     /// Recomputed in backward: a bf16 forward's qkv outputs and the MLP's activation.
     let qkvOut = Tensor([0]), activated = Tensor([0])
+    let activatedBF16 = BF16Buffer()
 
     public init() {}
 }
@@ -20,6 +21,9 @@ public final class BlockScratch {
 public final class InferenceScratch {
     let normed = Tensor([0]), branch = Tensor([0]), hidden = Tensor([0])
     let attention = AttentionActivations()
+    /// The bf16 path's (InferenceBF16.swift): LayerNorm output, the qkv or hidden layer, the
+    /// attention context.
+    let normedBF16 = BF16Buffer(), wide = BF16Buffer(), contextBF16 = BF16Buffer()
 
     public init() {}
 }
