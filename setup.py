@@ -16,7 +16,23 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 CORE = "libace_core.so"
 
 
+def replace_file(src, dst):
+    """Copies src to dst by renaming a complete copy over it. Writing into the old file would
+    kill every running process that has it mapped (SIGBUS), e.g. a pretraining run started
+    from an in-place build."""
+    tmp = f"{dst}.{os.getpid()}.tmp"
+    shutil.copy2(src, tmp)
+    os.replace(tmp, dst)
+
+
 class BuildWithSwift(build_ext):
+    def copy_file(self, src, dst, *args, **kwargs):
+        # The in-place copy of the extension (build_ext --inplace) goes through here.
+        if os.path.isdir(dst):
+            dst = os.path.join(dst, os.path.basename(src))
+        replace_file(src, dst)
+        return dst, 1
+
     def run(self):
         swift = ["swift", "build", "-c", "release", "--product", "ace_core", "--package-path", ROOT]
         subprocess.check_call(swift)
@@ -29,7 +45,7 @@ class BuildWithSwift(build_ext):
         for ext in self.extensions:
             target_dir = os.path.dirname(self.get_ext_fullpath(ext.name))
             os.makedirs(target_dir, exist_ok=True)
-            shutil.copy2(os.path.join(bin_path, CORE), os.path.join(target_dir, CORE))
+            replace_file(os.path.join(bin_path, CORE), os.path.join(target_dir, CORE))
 
 
 setup(
