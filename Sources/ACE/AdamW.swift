@@ -52,12 +52,7 @@ public final class AdamW {
 /// Returns the global norm before clipping.
 @discardableResult
 public func clipGradients(_ parameters: [Parameter], maxNorm: Float, perTensor: Bool) -> Float {
-    let norms = parameters.map { p -> Double in
-        var s = 0.0
-        let g = p.grad.data
-        for j in 0..<p.count { s += Double(g[j]) * Double(g[j]) }
-        return s
-    }
+    let norms = parameters.map { squaredNorm($0.grad.data, $0.count) }
     let global = Float(norms.reduce(0, +).squareRoot())
     guard maxNorm > 0 else { return global }
     for (p, sq) in zip(parameters, norms) {
@@ -65,10 +60,27 @@ public func clipGradients(_ parameters: [Parameter], maxNorm: Float, perTensor: 
         let coef = maxNorm / (norm + 1e-6)
         if coef < 1 {
             let g = p.grad.data
-            for j in 0..<p.count { g[j] *= coef }
+            parallelChunks(p.count, minPerChunk: 1 << 16) { range in for j in range { g[j] *= coef } }
         }
     }
     return global
+}
+
+/// Sum of squares in Double over fixed blocks, summed in order: the same result for any
+/// number of threads (a resumed run may use another).
+func squaredNorm(_ x: UnsafePointer<Float>, _ n: Int) -> Double {
+    let block = 1 << 14, blocks = (n + block - 1) / block
+    var partial = [Double](repeating: 0, count: blocks)
+    partial.withUnsafeMutableBufferPointer { sums in
+        parallelChunks(blocks, minPerChunk: 4) { range in
+            for b in range {
+                var s = 0.0
+                for j in (b * block)..<min(n, (b + 1) * block) { s += Double(x[j]) * Double(x[j]) }
+                sums[b] = s
+            }
+        }
+    }
+    return partial.reduce(0, +)
 }
 
 /// teacher <- momentum * teacher + (1 - momentum) * student, tensor by tensor.

@@ -92,14 +92,8 @@ public final class LayerNorm {
                 for j in 0..<c { dxr[j] = inv * (g[j] * dyr[j] - m1 - hr[j] * m2) }
             }
         }
-        // Parameter gradients reduce over rows: serial, to keep sums deterministic.
-        let dg = weight.grad.data, db = bias.grad.data
-        for r in 0..<rows {
-            let dyr = dys + r * c, hr = hs + r * c
-            for j in 0..<c {
-                dg[j] += dyr[j] * hr[j]
-                db[j] += dyr[j]
-            }
-        }
+        // Parameter gradients reduce over rows (split over columns: deterministic).
+        accumulateColumnSums(dys, times: hs, rows: rows, cols: c, into: weight.grad.data)
+        accumulateColumnSums(dys, rows: rows, cols: c, into: bias.grad.data)
     }
 }

@@ -69,10 +69,6 @@ public final class Linear {
     /// db += sum over rows of dy.
     func accumulateBiasGradient(_ dy: Tensor) {
         guard hasBias else { return }
-        let db = bias.grad.data
-        for r in 0..<(dy.count / outFeatures) {
-            let row = dy.data + r * outFeatures
-            for j in 0..<outFeatures { db[j] += row[j] }
-        }
+        accumulateColumnSums(dy.data, rows: dy.count / outFeatures, cols: outFeatures, into: bias.grad.data)
     }
 }

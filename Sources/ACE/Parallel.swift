@@ -29,3 +29,24 @@ public func parallelWorkers(_ n: Int, minPerChunk: Int = 16, workers: Int = work
         body((n * c / chunks)..<(n * (c + 1) / chunks), c)
     }
 }
+
+/// sums[j] += sum over rows of x[r, j] (times y[r, j] when given), split over columns: each
+/// column is still summed in row order, so the result does not depend on the number of threads.
+func accumulateColumnSums(_ x: UnsafePointer<Float>, times y: UnsafePointer<Float>? = nil, rows: Int, cols: Int,
+                          into sums: UnsafeMutablePointer<Float>) {
+    let width = 64
+    parallelChunks((cols + width - 1) / width, minPerChunk: max(1, (1 << 16) / max(rows * width, 1))) { blocks in
+        for block in blocks {
+            let lo = block * width, hi = min(cols, lo + width)
+            for r in 0..<rows {
+                let row = x + r * cols
+                if let y {
+                    let other = y + r * cols
+                    for j in lo..<hi { sums[j] += row[j] * other[j] }
+                } else {
+                    for j in lo..<hi { sums[j] += row[j] }
+                }
+            }
+        }
+    }
+}
