@@ -71,8 +71,11 @@ final class AtomicFile {
         defer { closedir(dir) }
         let prefix = ".\(name).tmp-"
         while let entry = readdir(dir) {
-            let file = withUnsafeBytes(of: entry.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
-            guard file.hasPrefix(prefix), let pid = Int32(file.dropFirst(prefix.count).prefix { $0 != "-" }) else { continue }
+            let file = withUnsafeBytes(of: entry.pointee.d_name) {
+                String(cString: $0.bindMemory(to: CChar.self).baseAddress!)
+            }
+            guard file.hasPrefix(prefix),
+                  let pid = Int32(file.dropFirst(prefix.count).prefix { $0 != "-" }) else { continue }
             if pid != getpid() && kill(pid, 0) != 0 && errno == ESRCH { _ = unlink(folder + "/" + file) }
         }
     }

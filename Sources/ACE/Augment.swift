@@ -78,11 +78,14 @@ public struct AugmentConfig: Codable, Equatable {
                           ("sharpen_p", sharpenP), ("gamma_p", gammaP), ("clahe_p", claheP)] {
             try require(p >= 0 && p <= 1, "\(name) must be a probability in [0, 1], got \(p)")
         }
-        try require(brightness >= 0 && brightness.isFinite, "brightness must be finite and non-negative, got \(brightness)")
+        try require(brightness >= 0 && brightness.isFinite,
+                    "brightness must be finite and non-negative, got \(brightness)")
         try require(contrast >= 0 && contrast <= 1, "contrast must be in [0, 1], got \(contrast)")
         try require(blurSigmaMin >= 0 && blurSigmaMin <= blurSigmaMax && blurSigmaMax.isFinite,
-                    "blur sigma range must satisfy 0 <= blur_sigma_min <= blur_sigma_max, got [\(blurSigmaMin), \(blurSigmaMax)]")
-        try require(sharpenAmount >= 0 && sharpenAmount.isFinite, "sharpen_amount must be finite and non-negative, got \(sharpenAmount)")
+                    "blur sigma range must satisfy 0 <= blur_sigma_min <= blur_sigma_max, "
+                    + "got [\(blurSigmaMin), \(blurSigmaMax)]")
+        try require(sharpenAmount >= 0 && sharpenAmount.isFinite,
+                    "sharpen_amount must be finite and non-negative, got \(sharpenAmount)")
         try require(claheClip >= 1 && claheClip <= 256, "clahe_clip must be in [1, 256], got \(claheClip)")
         try require(claheTiles >= 1 && claheTiles <= 64 && claheTiles == claheTiles.rounded(),
                     "clahe_tiles must be a whole number in 1...64, got \(claheTiles)")

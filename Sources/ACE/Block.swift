@@ -4,7 +4,7 @@ public final class Block {
     public let dropPath: DropPath, dropPath2: DropPath
     public let output = Tensor([0])
     /// The LayerNorm outputs, which the following linear layers keep for backward.
-    private let n1 = Tensor([0]), n2 = Tensor([0])
+    private let normed1 = Tensor([0]), normed2 = Tensor([0])
     private let scratch: BlockScratch
 
     public init(_ name: String, dim: Int, heads: Int, mlpRatio: Int, dropPath rate: Float,
@@ -25,13 +25,13 @@ public final class Block {
     /// The branch outputs and the stream between the two additions are not needed by backward:
     /// they live in the scratch shared by the model's blocks.
     public func forward(_ x: Tensor, training: Bool, rng: inout RNG) -> Tensor {
-        let (a, mid, m) = (scratch.branch, scratch.mid, scratch.branch)
-        norm1.forward(x, into: n1)
-        attn.forward(n1, into: a)
-        dropPath.forward(residual: x, branch: a, into: mid, training: training, rng: &rng)
-        norm2.forward(mid, into: n2)
-        mlp.forward(n2, into: m)
-        dropPath2.forward(residual: mid, branch: m, into: output, training: training, rng: &rng)
+        let (branch, betweenAdditions) = (scratch.branch, scratch.mid)
+        norm1.forward(x, into: normed1)
+        attn.forward(normed1, into: branch)
+        dropPath.forward(residual: x, branch: branch, into: betweenAdditions, training: training, rng: &rng)
+        norm2.forward(betweenAdditions, into: normed2)
+        mlp.forward(normed2, into: branch)
+        dropPath2.forward(residual: betweenAdditions, branch: branch, into: output, training: training, rng: &rng)
         return output
     }
 

@@ -46,7 +46,8 @@ public final class DINOHead {
         vHat.reshape([prototypes, bottleneck]); vNorm.reshape([prototypes])
         normalizeRows(lastLayer.value.data, rows: prototypes, dim: bottleneck, into: vHat.data, norms: vNorm.data)
         logits.reshape([r, prototypes])
-        gemm(transB: true, m: r, n: prototypes, k: bottleneck, a: hHat.data, b: vHat.data, c: logits.data, precision: precision)
+        gemm(transB: true, m: r, n: prototypes, k: bottleneck, a: hHat.data, b: vHat.data, c: logits.data,
+             precision: precision)
         return logits
     }
 

@@ -60,14 +60,17 @@ public struct GridConfig: Codable, Equatable {
         try require(gridCells > 0 && imageSize > 0 && imageSize % gridCells == 0,
                     "image_size \(imageSize) must be a positive multiple of grid_cells \(gridCells)")
         try require(fineCells >= 2 && fineCells % 2 == 0, "fine_cells must be even and at least 2, got \(fineCells)")
-        try require(coarseCells <= gridCells, "the coarse view (2 x fine_cells = \(coarseCells) cells) must fit in the grid of \(gridCells)")
+        try require(coarseCells <= gridCells,
+                    "the coarse view (2 x fine_cells = \(coarseCells) cells) must fit in the grid of \(gridCells)")
         try require(inputSize == fineCells * patch,
-                    "input_size \(inputSize) must equal fine_cells x patch size (\(fineCells) x \(patch)) so a fine token is one cell")
+                    "input_size \(inputSize) must equal fine_cells x patch size (\(fineCells) x \(patch)) "
+                    + "so a fine token is one cell")
         try require(minOverlap >= 1 && 2 * minOverlap <= fineCells,
                     "min_overlap must be in 1...\(fineCells / 2) C2 tokens, got \(minOverlap)")
         try require(window >= 1 && window % 2 == 1, "window must be odd and positive, got \(window)")
         try Limits.require(decompWindow, in: 0...(4 * fineCells + 1), "grid.decomp_window")
-        try require(decompWindow == 0 || decompWindow % 2 == 1, "grid.decomp_window must be odd (or 0: the same as window), got \(decompWindow)")
+        try require(decompWindow == 0 || decompWindow % 2 == 1,
+                    "grid.decomp_window must be odd (or 0: the same as window), got \(decompWindow)")
         // Targets are exp(-d^2 / (2 sigma^2)): a sigma whose square underflows makes them NaN.
         try require(sigma >= 1e-3 && sigma <= 1e3, "grid.sigma must be in [0.001, 1000] token units, got \(sigma)")
     }

@@ -56,7 +56,9 @@ extension Attention {
         else { return false }
         a.probsBF16.reserve(bh * t * t)
         let scores = a.probs.data, probs = a.probsBF16.data
-        parallelChunks(bh * t, minPerChunk: 64) { r in for i in r { softmaxRow(scores + i * t, t, bf16: probs + i * t) } }
+        parallelChunks(bh * t, minPerChunk: 64) { rows in
+            for r in rows { softmaxRow(scores + r * t, t, bf16: probs + r * t) }
+        }
         // The per-head outputs overwrite Q, which is no longer needed.
         guard bf16Matmul(batch: bh, m: t, n: d, k: t, a: probs, square, b: v.data, perHead,
                          output: UnsafeMutableRawPointer(q.data), perHead, epilogue: Epilogue(bf16Output: true))

@@ -39,7 +39,8 @@ public enum Limits {
 
     /// Throws unless lo <= value <= hi, naming the setting.
     public static func require(_ value: Int, in range: ClosedRange<Int>, _ name: String) throws {
-        try ACE.require(range.contains(value), "\(name) must be in \(range.lowerBound)...\(range.upperBound), got \(value)")
+        try ACE.require(range.contains(value),
+                        "\(name) must be in \(range.lowerBound)...\(range.upperBound), got \(value)")
     }
 
     static func gib(_ bytes: Double) -> String {
