@@ -465,6 +465,14 @@ static PyObject *precision_info(PyObject *mod, PyObject *unused) {
     return PyUnicode_FromString(ace_precision_info());
 }
 
+static PyObject *pretrain_config_defaults(PyObject *mod, PyObject *unused) {
+    return PyUnicode_FromString(ace_pretrain_config_defaults());
+}
+
+static PyObject *presets(PyObject *mod, PyObject *unused) {
+    return PyUnicode_FromString(ace_presets());
+}
+
 static PyObject *get_num_threads(PyObject *mod, PyObject *unused) {
     return PyLong_FromLong(ace_get_num_threads());
 }
@@ -541,6 +549,8 @@ static PyMethodDef module_methods[] = {
     {"set_num_threads", set_num_threads, METH_VARARGS, "Threads for BLAS and the core's kernels."},
     {"precision_info", precision_info, METH_NOARGS, "JSON: what 'auto' precision means on this machine."},
     {"get_num_threads", get_num_threads, METH_NOARGS, "Threads for BLAS and the core's kernels."},
+    {"pretrain_config_defaults", pretrain_config_defaults, METH_NOARGS, "JSON: every PretrainConfig default."},
+    {"presets", presets, METH_NOARGS, "JSON: the encoder preset names."},
     {"resize", resize, METH_VARARGS, "resize(images (N,H,W), out (N,h,w)): the core's resampler"},
     {"gemm", gemm, METH_VARARGS, "gemm(a, b, trans_a=False, trans_b=False, precision='fp32') -> op(a) @ op(b)"},
     {NULL}};

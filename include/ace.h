@@ -42,6 +42,8 @@ int32_t ace_encoder_forward_features(void *encoder, const float *x, int64_t batc
 int32_t ace_encoder_set_precision(void *encoder, const char *precision);
 const char *ace_encoder_precision(void *encoder); /* "bf16" or "fp32" */
 const char *ace_precision_info(void);              /* JSON: {"auto": ..., "hardware_bf16": ...} */
+const char *ace_pretrain_config_defaults(void);    /* JSON: every PretrainConfig setting's default */
+const char *ace_presets(void);                     /* JSON: the encoder preset names */
 
 /* Fine-tuning: a training forward (drop path on), backward of d loss / d output (its shape
  * must be the output's; accumulates parameter gradients), and an AdamW update that zeroes them. */

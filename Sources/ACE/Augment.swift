@@ -6,7 +6,7 @@
 /// [0, 1].
 import Glibc
 
-public struct AugmentConfig: Codable, Equatable {
+public struct AugmentConfig: Settings, Equatable {
     /// Probability of brightness/contrast; brightness is an additive shift uniform in
     /// [-brightness, brightness], contrast a factor uniform in [1 - contrast, 1 + contrast]
     /// applied around the image mean: x -> (x - mean) * c + mean + b (no clamping).
@@ -31,14 +31,6 @@ public struct AugmentConfig: Codable, Equatable {
     public var claheClip: Float = 4
     public var claheTiles: Float = 8
 
-    enum CodingKeys: String, CodingKey {
-        case brightnessContrastP = "brightness_contrast_p", brightness, contrast
-        case blurP = "blur_p", blurSigmaMin = "blur_sigma_min", blurSigmaMax = "blur_sigma_max"
-        case sharpenP = "sharpen_p", sharpenAmount = "sharpen_amount"
-        case gammaP = "gamma_p", gammaMin = "gamma_min", gammaMax = "gamma_max"
-        case claheP = "clahe_p", claheClip = "clahe_clip", claheTiles = "clahe_tiles"
-    }
-
     /// The defaults of DESIGN.md: brightness/contrast p 0.5 +-0.2, blur p 0.5, sharpen p 0.3,
     /// gamma off.
     public init() {}
@@ -48,29 +40,6 @@ public struct AugmentConfig: Codable, Equatable {
         var c = AugmentConfig()
         c.brightnessContrastP = 0; c.blurP = 0; c.sharpenP = 0; c.gammaP = 0; c.claheP = 0
         return c
-    }
-
-    /// Decodes snake_case keys; a missing key keeps its default.
-    public init(from decoder: Decoder) throws {
-        self.init()
-        let c = try decoder.container(keyedBy: CodingKeys.self)
-        func read(_ key: CodingKeys, _ value: inout Float) throws {
-            if let v = try c.decodeIfPresent(Float.self, forKey: key) { value = v }
-        }
-        try read(.brightnessContrastP, &brightnessContrastP)
-        try read(.brightness, &brightness)
-        try read(.contrast, &contrast)
-        try read(.blurP, &blurP)
-        try read(.blurSigmaMin, &blurSigmaMin)
-        try read(.blurSigmaMax, &blurSigmaMax)
-        try read(.sharpenP, &sharpenP)
-        try read(.sharpenAmount, &sharpenAmount)
-        try read(.gammaP, &gammaP)
-        try read(.gammaMin, &gammaMin)
-        try read(.gammaMax, &gammaMax)
-        try read(.claheP, &claheP)
-        try read(.claheClip, &claheClip)
-        try read(.claheTiles, &claheTiles)
     }
 
     public func validate() throws {

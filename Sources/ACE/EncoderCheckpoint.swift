@@ -82,7 +82,7 @@ func decodeConfig<T: Decodable>(_ json: String, as type: T.Type, what: String,
 }
 
 /// "field 'grid.window': expected Int" rather than the decoder's debug dump.
-private func describe(_ error: DecodingError) -> String {
+func describe(_ error: DecodingError) -> String {
     func field(_ path: [CodingKey]) -> String {
         path.isEmpty ? "the top level" : "field '" + path.map { $0.intValue.map(String.init) ?? $0.stringValue }
             .joined(separator: ".") + "'"

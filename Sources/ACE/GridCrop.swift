@@ -10,7 +10,7 @@
 /// (x to the right, y down).
 import Glibc
 
-public struct GridConfig: Codable, Equatable {
+public struct GridConfig: Settings, Equatable {
     public var imageSize = 512
     public var gridCells = 32
     public var fineCells = 14
@@ -24,25 +24,7 @@ public struct GridConfig: Codable, Equatable {
     /// uses 5 for decomposition and 3 for composition.
     public var decompWindow = 0
 
-    enum CodingKeys: String, CodingKey {
-        case imageSize = "image_size", gridCells = "grid_cells", fineCells = "fine_cells"
-        case inputSize = "input_size", minOverlap = "min_overlap", window, sigma
-        case decompWindow = "decomp_window"
-    }
-
     public init() {}
-
-    /// A missing key keeps its default.
-    public init(from decoder: Decoder) throws {
-        self.init()
-        let c = try decoder.container(keyedBy: CodingKeys.self)
-        func read<T: Decodable>(_ key: CodingKeys, _ value: inout T) throws {
-            if let v = try c.decodeIfPresent(T.self, forKey: key) { value = v }
-        }
-        try read(.imageSize, &imageSize); try read(.gridCells, &gridCells); try read(.fineCells, &fineCells)
-        try read(.inputSize, &inputSize); try read(.minOverlap, &minOverlap)
-        try read(.window, &window); try read(.sigma, &sigma); try read(.decompWindow, &decompWindow)
-    }
 
     public var cell: Int { imageSize / gridCells }
     public var coarseCells: Int { 2 * fineCells }

@@ -84,7 +84,7 @@ public final class Trainer {
 
         let total = config.totalSteps
         let baseLR = Double(config.lr) * Double(config.batchSize) / 256
-        lrSchedule = CosineSchedule(base: baseLR, final: Double(config.minLR), totalSteps: total,
+        lrSchedule = CosineSchedule(base: baseLR, final: Double(config.minLr), totalSteps: total,
                                     warmupSteps: Int(Double(config.warmupFraction) * Double(total)))
         wdSchedule = CosineSchedule(base: Double(config.weightDecay), final: Double(config.weightDecayEnd), totalSteps: total)
         momentumSchedule = CosineSchedule(base: Double(config.momentumTeacher), final: 1, totalSteps: total)
@@ -175,13 +175,13 @@ public final class Trainer {
             pool(t, masks: masks, into: pooledTeacher)
             let studentLogits = head.forward(pooledStudent)
             let teacherLogits = teacherHead.forward(pooledTeacher)
-            let weight = config.objective == "dino" ? 1 : config.globalWeight
+            let weight = config.objective == .dino ? 1 : config.globalWeight
             stats.global = globalLoss(student: studentLogits, teacher: teacherLogits, center: center,
                                       weight: weight, dStudent: dLogits)
             head.backward(dLogits, into: dPooled)
             unpool(dPooled, masks: masks, into: dTokens)
         }
-        stats.loss = Double(config.objective == "dino" ? 1 : config.globalWeight) * stats.global
+        stats.loss = Double(config.objective == .dino ? 1 : config.globalWeight) * stats.global
             + Double(config.compWeight) * stats.comp + Double(config.decompWeight) * stats.decomp
 
         for (name, value) in [("global", stats.global), ("composition", stats.comp), ("decomposition", stats.decomp)]
@@ -195,7 +195,7 @@ public final class Trainer {
         let frozen = step < frozenSteps ? [head.lastLayer] : []
         for p in frozen { p.grad.zero() }
         stats.gradNorm = Double(clipGradients(optimizer.parameters, maxNorm: config.clipGrad,
-                                              perTensor: config.clipMode == "per_tensor"))
+                                              perTensor: config.clipMode == .perTensor))
         try require(stats.gradNorm.isFinite,
                     "the gradient norm became \(stats.gradNorm) at step \(step + 1) (loss \(stats.loss)); the run was not "
                     + "updated. Check the loss settings (student_temp \(config.studentTemp), teacher_temp "
@@ -241,7 +241,7 @@ public final class Trainer {
                 ? randomResizedCrop(width: width, height: height, scale: (config.preCropScaleMin, 1), rng: &rng)
                 : (x: 0, y: 0, w: width, h: height)
             let boxes: [(x: Int, y: Int, w: Int, h: Int)]
-            if config.objective == "ace" {
+            if config.objective == .ace {
                 let crop = GridCrop.sample(g, rng: &rng)
                 crops.append(crop)
                 boxes = [crop.c1Box, crop.c2Box].map { ($0.x0, $0.y0, $0.x1 - $0.x0, $0.y1 - $0.y0) }
@@ -286,7 +286,7 @@ public final class Trainer {
     /// Per row of the 2B views, the patch tokens to average: the overlap mask (ACE) or, for
     /// DINO, nil meaning "the class token".
     private func poolingMasks(_ crops: [GridCrop], batch b: Int) -> [[Bool]?] {
-        guard config.objective == "ace" else { return Array(repeating: nil, count: 2 * b) }
+        guard config.objective == .ace else { return Array(repeating: nil, count: 2 * b) }
         return crops.map { Optional($0.o1) } + crops.map { Optional($0.o2) }
     }
 

@@ -7,7 +7,7 @@ extension Trainer {
     public static let checkpointFormat = "ace-trainer"
 
     public func save(to path: String) throws {
-        let configJSON = canonicalJSON(config)
+        let configJSON = config.json
         let encoderJSON = canonicalJSON(teacher.config)
         let s = rng.state
         let metadata = [
@@ -64,5 +64,7 @@ extension Trainer {
 }
 
 public func decodePretrainConfig(_ json: String) throws -> PretrainConfig {
-    try decodeConfig(json, as: PretrainConfig.self, what: "pretraining") { try $0.validate() }
+    let config = try PretrainConfig(json: json, what: "pretraining")
+    try config.validate()
+    return config
 }

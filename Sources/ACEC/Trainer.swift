@@ -10,7 +10,7 @@ final class TrainerHandle {
 
     init(_ trainer: Trainer) throws {
         self.trainer = trainer
-        configJSON = strdup(canonicalJSON(trainer.config))
+        configJSON = strdup(trainer.config.json)
     }
 
     deinit { free(configJSON) }

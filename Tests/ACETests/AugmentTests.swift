@@ -408,16 +408,18 @@ final class AugmentTests: XCTestCase {
     func testConfigJSONAndValidation() throws {
         var c = AugmentConfig()
         c.blurSigmaMax = 3; c.gammaP = 0.25
-        let data = try JSONEncoder().encode(c)
-        let text = String(decoding: data, as: UTF8.self)
+        let text = c.json
         for key in ["brightness_contrast_p", "blur_sigma_min", "blur_sigma_max", "sharpen_amount", "gamma_p", "gamma_min"] {
             XCTAssertTrue(text.contains("\"\(key)\""), "missing \(key) in \(text)")
         }
-        XCTAssertEqual(try JSONDecoder().decode(AugmentConfig.self, from: data), c)
-        let partial = try JSONDecoder().decode(AugmentConfig.self, from: Data(#"{"blur_p": 0.1}"#.utf8))
+        XCTAssertEqual(try AugmentConfig(json: text, what: "augment"), c)
+        let partial = try AugmentConfig(json: #"{"blur_p": 0.1}"#, what: "augment")
         var expected = AugmentConfig()
         expected.blurP = 0.1
         XCTAssertEqual(partial, expected)
+        XCTAssertThrowsError(try AugmentConfig(json: #"{"blur_pp": 0.1}"#, what: "augment")) { error in
+            XCTAssertTrue("\(error)".contains("unknown setting 'blur_pp'"), "\(error)")
+        }
         XCTAssertNoThrow(try AugmentConfig().validate())
         XCTAssertNoThrow(try AugmentConfig.off.validate())
         let bad: [(inout AugmentConfig) -> Void] = [

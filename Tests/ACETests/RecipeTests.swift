@@ -99,3 +99,42 @@ extension RecipeTests {
         XCTAssertTrue(image.allSatisfy { $0 >= 0 && $0 <= 1 })
     }
 }
+
+/// Settings are spelled once: JSON names come from the property names, missing keys keep
+/// their defaults, unknown keys (also nested) are errors naming them, enums reject bad values.
+final class SettingsTests: XCTestCase {
+    func testPretrainConfigJSON() throws {
+        var c = PretrainConfig()
+        c.minLr = 2e-6; c.objective = .dino; c.clipMode = .global; c.grid.decompWindow = 5; c.augment.claheP = 0.3
+        let text = c.json
+        for key in ["\"min_lr\"", "\"clip_mode\":\"global\"", "\"objective\":\"dino\"", "\"decomp_window\":5",
+                    "\"pre_crop_scale_min\"", "\"clahe_p\""] {
+            XCTAssertTrue(text.contains(key), "\(key) not in \(text)")
+        }
+        XCTAssertEqual(try PretrainConfig(json: text, what: "pretraining"), c)
+        let partial = try PretrainConfig(json: #"{"lr": 0.01, "grid": {"window": 5}}"#, what: "pretraining")
+        var expected = PretrainConfig()
+        expected.lr = 0.01; expected.grid.window = 5
+        XCTAssertEqual(partial, expected)
+        for (json, message) in [(#"{"learning_rate": 1}"#, "unknown setting 'learning_rate'"),
+                                (#"{"grid": {"windw": 5}}"#, "unknown setting 'grid.windw'"),
+                                (#"{"grid": 5}"#, "'grid' must be an object"),
+                                (#"{"objective": "mae"}"#, "objective"),
+                                (#"{"batch_size": 1.5}"#, "batch_size"),
+                                ("[1]", "expected an object")] {
+            XCTAssertThrowsError(try PretrainConfig(json: json, what: "pretraining"), json) { error in
+                XCTAssertTrue("\(error)".contains(message), "\(json): \(error)")
+            }
+        }
+    }
+
+    func testEveryFloatSettingIsCheckedForFiniteness() throws {
+        let names = Set(PretrainConfig().floatSettings.map(\.0))
+        for name in ["lr", "min_lr", "grid.sigma", "augment.clahe_clip", "pre_crop_scale_min", "logit_scale"] {
+            XCTAssertTrue(names.contains(name), name)
+        }
+        var c = PretrainConfig()
+        c.augment.claheClip = .nan
+        XCTAssertThrowsError(try c.validate())
+    }
+}

@@ -1,19 +1,34 @@
 """`ace.PretrainConfig`: every setting of a pretraining run (DESIGN.md section 5).
 
-Defaults are the CPU-scale mirror of the paper (paper values in comments). The config is a
-plain dataclass with a JSON round trip; the Swift core receives exactly this JSON.
+The fields are declared here with their types (paper values in comments); their defaults,
+the CPU-scale mirror of the paper, come from the core, which owns the only copy of them
+(Sources/ACE/PretrainConfig.swift). The config is a plain dataclass with a JSON round trip;
+the Swift core receives exactly this JSON.
 """
+import copy
 import dataclasses
 import json
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import _native
 from .errors import ACEError
 from .validate import FLOAT32_MAX, INT32_MAX, require_choice, require_float, require_int
 
-PRESETS = ("vit_nano", "vit_tiny", "vit_small", "vit_base")
+PRESETS = tuple(json.loads(_native.presets()))
 LOSSES = ("global", "comp", "decomp")
+_CORE_DEFAULTS = json.loads(_native.pretrain_config_defaults())
+
+
+def _default(path, kind):
+    """The core's default of a setting ("grid.window"), as the field's type."""
+    value = _CORE_DEFAULTS
+    for key in path.split("."):
+        value = value[key]
+    if kind is list:
+        return field(default_factory=lambda: copy.deepcopy(value))
+    return kind(value)
 # Largest run, in optimizer steps (epochs x steps_per_epoch), as in the core.
 MAX_STEPS = 2**40
 # Allowed values of the string settings.
@@ -25,81 +40,89 @@ _ZERO_ALLOWED = {"local_hidden", "freeze_last_layer_epochs", "decomp_window"}
 
 @dataclass
 class GridConfig:
-    image_size: int = 512        # images are resized to this square first [1024]
-    grid_cells: int = 32         # cells per side; a cell is image_size / grid_cells px [32 px]
-    fine_cells: int = 14         # C1 covers n x n cells, C2 2n x 2n [448 / 896 px]
-    input_size: int = 224        # both views are resized to this [448]
-    min_overlap: int = 4         # minimum overlap of the views, in C2 tokens per axis
-    window: int = 3              # k x k target window
-    sigma: float = 1.0           # Gaussian sigma of the target, in token units
-    decomp_window: int = 0       # decomposition target window; 0 = window [authors' code: 5]
+    image_size: int = _default("grid.image_size", int)  # images are resized to this square first [1024]
+    # cells per side; a cell is image_size / grid_cells px [32 px]
+    grid_cells: int = _default("grid.grid_cells", int)
+    fine_cells: int = _default("grid.fine_cells", int)  # C1 covers n x n cells, C2 2n x 2n [448 / 896 px]
+    input_size: int = _default("grid.input_size", int)  # both views are resized to this [448]
+    # minimum overlap of the views, in C2 tokens per axis
+    min_overlap: int = _default("grid.min_overlap", int)
+    window: int = _default("grid.window", int)  # k x k target window
+    sigma: float = _default("grid.sigma", float)  # Gaussian sigma of the target, in token units
+    # decomposition target window; 0 = window [authors' code: 5]
+    decomp_window: int = _default("grid.decomp_window", int)
 
 
 @dataclass
 class AugmentConfig:
-    brightness_contrast_p: float = 0.5
-    brightness: float = 0.2
-    contrast: float = 0.2
-    blur_p: float = 0.5
-    blur_sigma_min: float = 0.1
-    blur_sigma_max: float = 2.0
-    sharpen_p: float = 0.3
-    sharpen_amount: float = 1.0
-    gamma_p: float = 0.0
-    gamma_min: float = 0.7
-    gamma_max: float = 1.5
-    clahe_p: float = 0.0         # CLAHE probability [authors' code: 0.3]
-    clahe_clip: float = 4.0      # its clip limit (times the mean bin count)
-    clahe_tiles: float = 8.0     # its regions per side
+    brightness_contrast_p: float = _default("augment.brightness_contrast_p", float)
+    brightness: float = _default("augment.brightness", float)
+    contrast: float = _default("augment.contrast", float)
+    blur_p: float = _default("augment.blur_p", float)
+    blur_sigma_min: float = _default("augment.blur_sigma_min", float)
+    blur_sigma_max: float = _default("augment.blur_sigma_max", float)
+    sharpen_p: float = _default("augment.sharpen_p", float)
+    sharpen_amount: float = _default("augment.sharpen_amount", float)
+    gamma_p: float = _default("augment.gamma_p", float)
+    gamma_min: float = _default("augment.gamma_min", float)
+    gamma_max: float = _default("augment.gamma_max", float)
+    clahe_p: float = _default("augment.clahe_p", float)  # CLAHE probability [authors' code: 0.3]
+    clahe_clip: float = _default("augment.clahe_clip", float)  # its clip limit (times the mean bin count)
+    clahe_tiles: float = _default("augment.clahe_tiles", float)  # its regions per side
 
 
 @dataclass
 class PretrainConfig:
     # networks
-    encoder: str = "vit_tiny"
-    in_chans: int = 1
-    drop_path: float = 0.1
-    local_hidden: int = 0             # composer/decomposer hidden width, 0 = 4C (C for "authors")
-    local_head: str = "mlp"           # "mlp": Linear-GELU-Linear [paper]; "authors": Linear-LayerNorm-ReLU-Linear
-    head_hidden: int = 2048
-    head_bottleneck: int = 256
-    head_prototypes: int = 8192       # K [65536]
-    precision: str = "auto"           # matrix products: "auto" (bf16 where the CPU has it), "bf16", "fp32"
+    encoder: str = _default("encoder", str)
+    in_chans: int = _default("in_chans", int)
+    drop_path: float = _default("drop_path", float)
+    # composer/decomposer hidden width, 0 = 4C (C for "authors")
+    local_hidden: int = _default("local_hidden", int)
+    # "mlp": Linear-GELU-Linear [paper]; "authors": Linear-LayerNorm-ReLU-Linear
+    local_head: str = _default("local_head", str)
+    head_hidden: int = _default("head_hidden", int)
+    head_bottleneck: int = _default("head_bottleneck", int)
+    head_prototypes: int = _default("head_prototypes", int)  # K [65536]
+    # matrix products: "auto" (bf16 where the CPU has it), "bf16", "fp32"
+    precision: str = _default("precision", str)
     # objective: "ace" with any subset of the losses (ablations), or "dino" (global loss on
     # two random-resized crops, no grid): the baseline
-    objective: str = "ace"
-    losses: list = field(default_factory=lambda: ["global", "comp", "decomp"])
-    global_weight: float = 0.1
-    comp_weight: float = 1.0
-    decomp_weight: float = 1.0
-    alpha_comp: float = 0.9
-    alpha_decomp: float = 0.99
-    logit_scale: float = 1 / 0.07
-    student_temp: float = 0.1
-    teacher_temp: float = 0.04
-    center_momentum: float = 0.9
+    objective: str = _default("objective", str)
+    losses: list = _default("losses", list)
+    global_weight: float = _default("global_weight", float)
+    comp_weight: float = _default("comp_weight", float)
+    decomp_weight: float = _default("decomp_weight", float)
+    alpha_comp: float = _default("alpha_comp", float)
+    alpha_decomp: float = _default("alpha_decomp", float)
+    logit_scale: float = _default("logit_scale", float)
+    student_temp: float = _default("student_temp", float)
+    teacher_temp: float = _default("teacher_temp", float)
+    center_momentum: float = _default("center_momentum", float)
     # optimization
-    batch_size: int = 16
-    epochs: int = 50
-    steps_per_epoch: int = 100        # set from the data set size by the CLI
-    lr: float = 5e-4                  # per 256 images: the step's lr is lr * batch_size / 256
-    min_lr: float = 1e-6
-    warmup_fraction: float = 0.1      # of all steps [10 epochs]
-    weight_decay: float = 0.04
-    weight_decay_end: float = 0.4
-    momentum_teacher: float = 0.996
-    clip_grad: float = 0.8
-    clip_mode: str = "per_tensor"     # or "global"
-    freeze_last_layer_epochs: int = 1
-    weight_decay_tokens: bool = False  # also decay cls_token / pos_embed [DINO's parameter groups]
+    batch_size: int = _default("batch_size", int)
+    epochs: int = _default("epochs", int)
+    steps_per_epoch: int = _default("steps_per_epoch", int)  # set from the data set size by the CLI
+    lr: float = _default("lr", float)  # per 256 images: the step's lr is lr * batch_size / 256
+    min_lr: float = _default("min_lr", float)
+    warmup_fraction: float = _default("warmup_fraction", float)  # of all steps [10 epochs]
+    weight_decay: float = _default("weight_decay", float)
+    weight_decay_end: float = _default("weight_decay_end", float)
+    momentum_teacher: float = _default("momentum_teacher", float)
+    clip_grad: float = _default("clip_grad", float)
+    clip_mode: str = _default("clip_mode", str)  # or "global"
+    freeze_last_layer_epochs: int = _default("freeze_last_layer_epochs", int)
+    # also decay cls_token / pos_embed [DINO's parameter groups]
+    weight_decay_tokens: bool = _default("weight_decay_tokens", bool)
     # data
     grid: GridConfig = field(default_factory=GridConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    mean: float = 0.757               # intensity statistics of the JSRT radiographs
-    std: float = 0.200
-    dino_scale_min: float = 0.4
-    dino_scale_max: float = 1.0
-    pre_crop_scale_min: float = 1.0   # random-resized crop before gridding; 1 = off [authors' code: 0.85]
+    mean: float = _default("mean", float)  # intensity statistics of the JSRT radiographs
+    std: float = _default("std", float)
+    dino_scale_min: float = _default("dino_scale_min", float)
+    dino_scale_max: float = _default("dino_scale_max", float)
+    # random-resized crop before gridding; 1 = off [authors' code: 0.85]
+    pre_crop_scale_min: float = _default("pre_crop_scale_min", float)
 
     def __post_init__(self):
         # grid and augment may be given as dicts of their fields.

@@ -6,6 +6,8 @@ import pytest
 import yaml
 from safetensors.numpy import load_file
 
+import ace
+
 from conftest import run_ace
 
 
@@ -69,3 +71,20 @@ def test_help_documents_config_files():
     text = run_ace("pretrain", "--help").stdout
     for phrase in ("--config FILE", "--set KEY=VALUE", "grid.window=5", "OUT/config.yaml", "tensorboard --logdir"):
         assert phrase in text, phrase
+
+
+def test_fields_and_defaults_are_the_cores():
+    """The core owns the defaults: every field the core knows is declared here with the core's
+    default, and no other (the core refuses unknown settings)."""
+    core = json.loads(ace._native.pretrain_config_defaults())
+    ours = ace.PretrainConfig().to_dict()
+    assert set(ours) == set(core)
+    for group in ("grid", "augment"):
+        assert ours[group] == pytest.approx(core.pop(group)), group
+        ours.pop(group)
+    for key, value in core.items():
+        if isinstance(value, float):
+            assert ours[key] == pytest.approx(value, rel=1e-6), key
+        else:
+            assert ours[key] == value, key
+    assert set(json.loads(ace._native.presets())) == set(ace.config.PRESETS)
