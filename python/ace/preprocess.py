@@ -37,10 +37,14 @@ def to_unit_float(images, *, name="images"):
     """(B, H, W) or (B, H, W, C) uint8/uint16/float/bool array -> float32 in [0, 1] scale."""
     a = np.asarray(images)
     check_image_size(a, name=name)
-    if a.dtype == np.uint8:
-        out = a.astype(np.float32) / 255.0
-    elif a.dtype == np.uint16:
-        out = a.astype(np.float32) / 65535.0
+    if a.dtype in (np.uint8, np.uint16):
+        # One float32 copy scaled in place (a fresh array per pass costs page faults too);
+        # integers are finite and in range, so the checks below are skipped.
+        out = a.astype(np.float32)
+        out /= np.float32(np.iinfo(a.dtype).max)
+        if out.ndim not in (3, 4) or out.size == 0:
+            raise ACEError(f"{name} must be a non-empty batch (B, H, W) or (B, H, W, C), got shape {a.shape}")
+        return out
     elif a.dtype.kind == "f" or a.dtype == np.bool_:
         out = a.astype(np.float32)
     elif a.dtype.kind in "iu":
