@@ -1,4 +1,5 @@
-"""The `ace` command: `ace pretrain`, `ace embed`, `ace evaluate`, `ace export` (and `python -m ace ...`)."""
+"""The `ace` command: `ace pretrain`, `ace embed`, `ace evaluate`, `ace export`, `ace attention` (and
+`python -m ace ...`)."""
 import argparse
 import contextlib
 import glob
@@ -162,6 +163,20 @@ def build_parser():
     x.add_argument("--which", choices=["teacher", "student"],
                    help="encoder of a training run (default teacher); not for encoder files")
     x.set_defaults(run=export)
+
+    a = sub.add_parser("attention", help="draw the last block's CLS attention of each head over the images",
+                       description="For every image: the last block's attention of the class token's query to "
+                                   "each patch, per head, drawn over the image as DINO shows it (OUT/NAME.png: the "
+                                   "image, one panel per head, and their mean), and all maps in OUT/attention.npz "
+                                   "(maps (N, heads, h, w), paths (N,)).")
+    a.add_argument("checkpoint", metavar="CKPT", help="encoder or training-run checkpoint (.safetensors; the teacher)")
+    a.add_argument("images", metavar="IMAGES", help="folder (recursive), image file or .txt list of images")
+    a.add_argument("--out", required=True, help="output folder")
+    a.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default 32)")
+    a.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                   help="matrix products (default auto, as ace embed)")
+    a.add_argument("--threads", type=thread_count, help="threads for the core (default: all cores)")
+    a.set_defaults(run=attention)
     return parser
 
 
@@ -476,3 +491,39 @@ def export(args):
     for line in load_commands(out, config):
         print(f"  {line}")
     return 0
+
+
+# ----------------------------------------------------------------------------- attention
+
+def attention(args):
+    import ace
+    from .data import load_images
+    from .encoder import Encoder
+    from .plots import attention_maps
+
+    if args.threads is not None:
+        ace.set_num_threads(args.threads)
+    enc = Encoder.load(args.checkpoint)
+    enc.precision = args.precision
+    images, paths = load_images(args.images, size=enc.config["img_size"])
+    maps = enc.attention(images, batch_size=args.batch_size)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = figure_names(paths)
+    for image, m, path, name in zip(images, maps, paths, names):
+        attention_maps(image, m, out / name, title=f"{path.name}: last-block attention of the class token")
+    write_npz(out / "attention.npz", {"maps": maps, "paths": np.array([str(p) for p in paths])})
+    print(f"drew the attention of {maps.shape[1]} heads on {len(paths)} images: {out / names[0]}"
+          + (f" ... {out / names[-1]}" if len(names) > 1 else "") + f"; maps {maps.shape} in {out / 'attention.npz'}")
+    return 0
+
+
+def figure_names(paths):
+    """NAME.png for each image, NAME-2.png and so on where names repeat (images of the same
+    name in different folders)."""
+    seen, names = {}, []
+    for p in paths:
+        stem = Path(p).stem
+        seen[stem] = seen.get(stem, 0) + 1
+        names.append(f"{stem}.png" if seen[stem] == 1 else f"{stem}-{seen[stem]}.png")
+    return names
