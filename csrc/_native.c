@@ -180,6 +180,29 @@ static PyObject *Encoder_forward_features(EncoderObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* forward_attention(x, out): x float32 (B, C, H, W); out float32 (B, heads, 1 + h*w), the last
+ * block's attention of the class token's query, allocated by the caller. */
+static PyObject *Encoder_forward_attention(EncoderObject *self, PyObject *args) {
+    PyObject *xo, *oo;
+    if (!check_handle(self) || !PyArg_ParseTuple(args, "OO", &xo, &oo)) return NULL;
+    if (!PyArray_Check(oo) || PyArray_TYPE((PyArrayObject *)oo) != NPY_FLOAT32 ||
+        !PyArray_ISCARRAY((PyArrayObject *)oo)) {
+        PyErr_SetString(ACEError, "out must be a writable C-contiguous float32 array");
+        return NULL;
+    }
+    PyArrayObject *x = float_array(xo, 4, "input");
+    if (!x) return NULL;
+    npy_intp *s = PyArray_DIMS(x);
+    int32_t status;
+    Py_BEGIN_ALLOW_THREADS
+    status = ace_encoder_forward_attention(self->handle, PyArray_DATA(x), s[0], s[1], s[2], s[3],
+                                           PyArray_DATA((PyArrayObject *)oo), PyArray_SIZE((PyArrayObject *)oo));
+    Py_END_ALLOW_THREADS
+    Py_DECREF(x);
+    if (status) return raise_core_error();
+    Py_RETURN_NONE;
+}
+
 static PyObject *Encoder_backward(EncoderObject *self, PyObject *args) {
     PyObject *go;
     if (!check_handle(self) || !PyArg_ParseTuple(args, "O", &go)) return NULL;
@@ -228,6 +251,8 @@ static PyMethodDef Encoder_methods[] = {
     {"set_tensor", (PyCFunction)Encoder_set_tensor, METH_VARARGS, "set_tensor(i, float32 array)."},
     {"forward_features", (PyCFunction)Encoder_forward_features, METH_VARARGS,
      "forward_features(x float32 (B, C, H, W), out float32 (B, 1 + h*w, embed_dim), train=False)."},
+    {"forward_attention", (PyCFunction)Encoder_forward_attention, METH_VARARGS,
+     "forward_attention(x float32 (B, C, H, W), out float32 (B, heads, 1 + h*w))."},
     {"backward", (PyCFunction)Encoder_backward, METH_VARARGS, "backward(d_out float32 (B, 1 + h*w, C))."},
     {"adamw_step", (PyCFunction)Encoder_adamw_step, METH_VARARGS, "adamw_step(lr, weight_decay)."},
     {NULL}};

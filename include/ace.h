@@ -36,6 +36,11 @@ int32_t ace_encoder_set_tensor(void *encoder, int32_t index, const float *src, i
 int32_t ace_encoder_forward_features(void *encoder, const float *x, int64_t batch,
                                      int64_t channels, int64_t height, int64_t width,
                                      float *out, int64_t out_count);
+/* The last block's attention probabilities of the class token's query (an inference forward):
+ * out (batch, num_heads, 1 + h*w), each row summing to 1; out_count must equal that size. */
+int32_t ace_encoder_forward_attention(void *encoder, const float *x, int64_t batch,
+                                      int64_t channels, int64_t height, int64_t width,
+                                      float *out, int64_t out_count);
 
 /* Precision of the products: "auto" (bf16 where the CPU has AVX512-BF16 or AMX, else fp32),
  * "bf16" (bf16 operands, fp32 accumulation, through oneDNN) or "fp32" (OpenBLAS, the reference). */

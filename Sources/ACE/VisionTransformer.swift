@@ -97,6 +97,17 @@ public final class VisionTransformer {
         return output
     }
 
+    /// The last block's attention probabilities of the class token's query, (B, heads, T), from
+    /// the last forward (the rows `Attention` keeps in `probs`, in the precision it ran): what
+    /// DINO draws as attention maps. Each row sums to 1 over the T = 1 + h*w keys.
+    public func classAttention() -> Tensor {
+        let p = blocks[blocks.count - 1].attn.probs        // (B, heads, T, T)
+        let b = p.shape[0], hN = p.shape[1], t = p.shape[2]
+        let out = Tensor([b, hN, t])
+        for bh in 0..<(b * hN) { (out.data + bh * t).update(from: p.data + bh * t * t, count: t) }
+        return out
+    }
+
     /// Backward of the last forward: accumulates every parameter gradient and, when dx is
     /// given, writes the gradient with respect to the input image.
     public func backward(_ dy: Tensor, inputGrad dx: Tensor? = nil) {

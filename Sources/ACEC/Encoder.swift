@@ -196,6 +196,32 @@ private func runForward(_ h: UnsafeMutableRawPointer?, _ x: UnsafePointer<Float>
     }
 }
 
+/// Inference forward, then the last block's attention probabilities of the class token's query:
+/// out (B, heads, 1 + h*w); outCount must equal that size.
+@_cdecl("ace_encoder_forward_attention")
+public func ace_encoder_forward_attention(_ h: UnsafeMutableRawPointer?, _ x: UnsafePointer<Float>?,
+                                          _ b: Int64, _ c: Int64, _ height: Int64, _ width: Int64,
+                                          _ out: UnsafeMutablePointer<Float>?, _ outCount: Int64) -> Int32 {
+    guarded {
+        let e = try encoder(h)
+        guard let x, let out else { throw ACEError("null input or output") }
+        let dims = [b, c, height, width].map { Int($0) }
+        try e.model.checkInputShape(dims)
+        let cfg = e.model.config, tokens = 1 + (dims[2] / cfg.patchSize) * (dims[3] / cfg.patchSize)
+        guard outCount == Int64(dims[0] * cfg.numHeads * tokens) else {
+            throw ACEError("output buffer holds \(outCount) values, the attention has \(dims[0] * cfg.numHeads * tokens)")
+        }
+        try e.locked {
+            let input = Tensor(dims)
+            input.data.update(from: x, count: input.count)
+            e.lastOutputCount = 0
+            try e.model.infer(input)
+            let a = e.model.classAttention()
+            out.update(from: a.data, count: a.count)
+        }
+    }
+}
+
 /// Accumulates parameter gradients for d loss / d output of the last training forward;
 /// dy's shape (B, T, C) must be that output's shape.
 @_cdecl("ace_encoder_backward")

@@ -1,4 +1,5 @@
-"""The `ace` command: `ace pretrain`, `ace embed`, `ace evaluate`, `ace export` (and `python -m ace ...`)."""
+"""The `ace` command: `ace pretrain`, `ace embed`, `ace evaluate`, `ace export`, `ace attention` (and
+`python -m ace ...`)."""
 import argparse
 import contextlib
 import glob
@@ -149,6 +150,22 @@ def build_parser():
     v.add_argument("--quick", action="store_true", help="fewer trials and pairs, no sliding-window search")
     v.add_argument("--seed", type=seed_int, default=0, help="seed of the random-init encoder")
     v.add_argument("--threads", type=thread_count, help="threads for the core (default: all cores)")
+    own = v.add_argument_group(
+        "probes on your own labels", "With --labels, a logistic-regression probe per label on the frozen embeddings "
+        "(instead of the suite): AUC per label on the data set's official test split, or on a seeded split "
+        "(by patient where the layout names patients); OUT/metrics.json, OUT/report.md, OUT/embeddings.npz.")
+    own.add_argument("--labels", metavar="FILE", help="labels CSV (or a ChestX-ray14 / CheXpert folder)")
+    own.add_argument("--labels-format", choices=["auto", "chestxray14", "chexpert", "csv"], default="auto",
+                     help="chestxray14: Data_Entry_2017*.csv; chexpert: train.csv/valid.csv; csv: path,label1,... "
+                          "(1, 0, blank for unknown; optional split column); auto (default) tells them apart")
+    own.add_argument("--uncertain", choices=["ignore", "zeros", "ones"], default="ignore",
+                     help="CheXpert's uncertain (-1) labels: unknown (default), negative or positive")
+    own.add_argument("--features", choices=["default", "cls", "mean"], default="default",
+                     help="CLS token or mean patch token (default: the encoder's own)")
+    own.add_argument("--test-fraction", type=finite_float, default=0.3,
+                     help="share of patients (or images) in the test part of a seeded split (default 0.3)")
+    own.add_argument("--split-seed", type=seed_int, default=0, help="seed of a seeded split (default 0)")
+    own.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default 32)")
     v.set_defaults(run=evaluate)
 
     x = sub.add_parser("export", help="write an encoder as a timm model folder (model.safetensors + config.json)",
@@ -162,6 +179,20 @@ def build_parser():
     x.add_argument("--which", choices=["teacher", "student"],
                    help="encoder of a training run (default teacher); not for encoder files")
     x.set_defaults(run=export)
+
+    a = sub.add_parser("attention", help="draw the last block's CLS attention of each head over the images",
+                       description="For every image: the last block's attention of the class token's query to "
+                                   "each patch, per head, drawn over the image as DINO shows it (OUT/NAME.png: the "
+                                   "image, one panel per head, and their mean), and all maps in OUT/attention.npz "
+                                   "(maps (N, heads, h, w), paths (N,)).")
+    a.add_argument("checkpoint", metavar="CKPT", help="encoder or training-run checkpoint (.safetensors; the teacher)")
+    a.add_argument("images", metavar="IMAGES", help="folder (recursive), image file or .txt list of images")
+    a.add_argument("--out", required=True, help="output folder")
+    a.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default 32)")
+    a.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                   help="matrix products (default auto, as ace embed)")
+    a.add_argument("--threads", type=thread_count, help="threads for the core (default: all cores)")
+    a.set_defaults(run=attention)
     return parser
 
 
@@ -443,14 +474,19 @@ def evaluate(args):
     import ace
     from .data import load_jsrt, phantom_set
     from .encoder import Encoder
+    from .errors import ACEError
     from .evaluate import run_suite, write_report
 
     if args.threads is not None:
         ace.set_num_threads(args.threads)
+    if args.labels and args.data:
+        raise ACEError("--labels probes your labelled images; --data names the suite's JSRT folder: give one")
     if args.checkpoint:
         enc, title = Encoder.load(args.checkpoint), f"Evaluation of {args.checkpoint}"
     else:
         enc, title = Encoder(args.random_init, seed=args.seed), f"Evaluation of a random-init {args.random_init}"
+    if args.labels:
+        return evaluate_labels(args, enc, title)
     data = load_jsrt(args.data) if args.data else phantom_set()
     out = Path(args.out)
     metrics, figures = run_suite(enc, data, out, quick=args.quick)
@@ -461,6 +497,24 @@ def evaluate(args):
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     write_report(out / "report.md", title, data.source, metrics, figures, enc.config)
     print(f"wrote {out / 'metrics.json'} and {out / 'report.md'}")
+    return 0
+
+
+def evaluate_labels(args, enc, title):
+    """The linear probe per label of --labels (see ace.labelprobe)."""
+    from .data.labels import read_labels
+    from .labelprobe import run_label_probe, write_outputs
+
+    table = read_labels(args.labels, args.labels_format, uncertain=args.uncertain)
+    out = Path(args.out)
+    metrics = run_label_probe(enc, table, out, features=args.features, test_fraction=args.test_fraction,
+                              seed=args.split_seed, batch_size=args.batch_size)
+    metrics["encoder"] = enc.config
+    metrics["checkpoint"] = args.checkpoint or f"random-init {args.random_init} seed {args.seed}"
+    write_outputs(out, f"{title}: linear probes on {Path(args.labels).name}", metrics)
+    mean = metrics["mean_auc"]
+    print(f"probed {len(table.names)} labels of {len(table)} images (mean AUC "
+          f"{'-' if mean is None else f'{mean:.3f}'}): wrote {out / 'metrics.json'} and {out / 'report.md'}")
     return 0
 
 
@@ -476,3 +530,39 @@ def export(args):
     for line in load_commands(out, config):
         print(f"  {line}")
     return 0
+
+
+# ----------------------------------------------------------------------------- attention
+
+def attention(args):
+    import ace
+    from .data import load_images
+    from .encoder import Encoder
+    from .plots import attention_maps
+
+    if args.threads is not None:
+        ace.set_num_threads(args.threads)
+    enc = Encoder.load(args.checkpoint)
+    enc.precision = args.precision
+    images, paths = load_images(args.images, size=enc.config["img_size"])
+    maps = enc.attention(images, batch_size=args.batch_size)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = figure_names(paths)
+    for image, m, path, name in zip(images, maps, paths, names):
+        attention_maps(image, m, out / name, title=f"{path.name}: last-block attention of the class token")
+    write_npz(out / "attention.npz", {"maps": maps, "paths": np.array([str(p) for p in paths])})
+    print(f"drew the attention of {maps.shape[1]} heads on {len(paths)} images: {out / names[0]}"
+          + (f" ... {out / names[-1]}" if len(names) > 1 else "") + f"; maps {maps.shape} in {out / 'attention.npz'}")
+    return 0
+
+
+def figure_names(paths):
+    """NAME.png for each image, NAME-2.png and so on where names repeat (images of the same
+    name in different folders)."""
+    seen, names = {}, []
+    for p in paths:
+        stem = Path(p).stem
+        seen[stem] = seen.get(stem, 0) + 1
+        names.append(f"{stem}.png" if seen[stem] == 1 else f"{stem}-{seen[stem]}.png")
+    return names

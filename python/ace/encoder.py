@@ -129,6 +129,44 @@ class Encoder:
         final norm, like timm's `forward_features`."""
         return self._forward(x, train=False)
 
+    def forward_attention(self, x):
+        """x float32 (B, in_chans, H, W), already normalized -> (B, heads, 1 + h*w): the last
+        block's attention probabilities of the class token's query (each row sums to 1; the
+        first key is the class token itself), from an inference forward in the encoder's
+        precision, as `forward_features` computes them."""
+        x = require_real_array("input", x).astype(np.float32, copy=False)
+        if x.ndim != 4:
+            raise ACEError(f"input must be (B, in_chans, H, W), got shape {x.shape}")
+        cfg = self._config
+        p = cfg["patch_size"]
+        self._pending_shape = None        # the core discards a pending backward on any forward
+        out = np.empty((x.shape[0], cfg["num_heads"], 1 + (x.shape[2] // p) * (x.shape[3] // p)), np.float32)
+        self._native.forward_attention(np.ascontiguousarray(x), out)
+        return out
+
+    def attention(self, images, batch_size=64):
+        """Images (as `embed` takes them) -> float32 (B, heads, h, w): how much the class
+        token's query attends to each patch in the last block, per head (DINO's attention
+        maps). The class token's attention to itself is left out, so a map sums to 1 minus it."""
+        images = self._check_images(images)
+        batch_size = require_int("batch_size", batch_size, 1, INT32_MAX)
+        cfg = self._config
+        g = cfg["img_size"] // cfg["patch_size"]
+        maps = np.empty((len(images), cfg["num_heads"], g, g), np.float32)
+        for start in range(0, len(images), batch_size):
+            probs = self.forward_attention(self.preprocess(images[start:start + batch_size]))
+            maps[start:start + len(probs)] = probs[:, :, 1:].reshape(len(probs), cfg["num_heads"], g, g)
+        return maps
+
+    def _check_images(self, images):
+        images = np.asarray(images)
+        if images.ndim not in (3, 4):
+            raise ACEError(f"images must be (B, H, W) or (B, H, W, C), got shape {images.shape}")
+        if images.shape[0] == 0:
+            raise ACEError("images are an empty batch")
+        check_image_size(images)
+        return images
+
     # ------------------------------------------------------------ fine-tuning
     def forward_train(self, x):
         """As `forward_features`, in training mode (drop path on), keeping what `backward`
@@ -180,12 +218,7 @@ class Encoder:
     def embed(self, images, batch_size=64):
         """Images -> (cls (B, C), tokens (B, h, w, C)) float32, in batches."""
         batch_size = require_int("batch_size", batch_size, 1, INT32_MAX)
-        images = np.asarray(images)
-        if images.ndim not in (3, 4):
-            raise ACEError(f"images must be (B, H, W) or (B, H, W, C), got shape {images.shape}")
-        if images.shape[0] == 0:
-            raise ACEError("images are an empty batch")
-        check_image_size(images)
+        images = self._check_images(images)
         cfg = self._config
         g = cfg["img_size"] // cfg["patch_size"]
         try:

@@ -12,7 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 import numpy as np  # noqa: E402
 from scipy.stats import gaussian_kde  # noqa: E402
 
-__all__ = ["compositionality_kde", "tsne_plot", "landmark_predictions", "error_boxplot", "loss_curves"]
+__all__ = ["compositionality_kde", "tsne_plot", "landmark_predictions", "error_boxplot", "loss_curves",
+           "attention_maps"]
 
 
 def _save(fig, path):
@@ -156,3 +157,36 @@ def loss_curves(history, path, keys=("loss", "global", "comp", "decomp", "comp_a
         ax.axis("off")
     fig.suptitle("Pretraining")
     return _save(fig, path)
+
+
+# Side of one panel of `attention_maps`, in inches at its dpi: the PNG is exactly
+# (heads + 2) * ATTENTION_PANEL * dpi pixels wide and ATTENTION_PANEL * dpi high.
+ATTENTION_PANEL = 2.5
+
+
+def attention_maps(image, maps, path, title=None, dpi=100):
+    """The image, then each head's attention map drawn over it, then the mean over heads
+    (as DINO shows them): one row of panels. maps: (heads, h, w), e.g. one image of
+    `ace.Encoder.attention`; each map is stretched over the whole image (a patch per cell)
+    and coloured on its own scale, from its minimum to its maximum (as DINO saves them)."""
+    image, maps = np.asarray(image, np.float64), np.asarray(maps, np.float64)
+    heads = maps.shape[0]
+    panels = [("image", None)] + [(f"head {i}", maps[i]) for i in range(heads)] + [("mean", maps.mean(0))]
+    fig, axes = plt.subplots(1, len(panels), figsize=(ATTENTION_PANEL * len(panels), ATTENTION_PANEL), dpi=dpi)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.82 if title else 0.88, wspace=0.04)
+    extent = (-0.5, image.shape[1] - 0.5, image.shape[0] - 0.5, -0.5)
+    for ax, (name, m) in zip(axes, panels):
+        ax.imshow(image, cmap="gray", extent=extent)
+        if m is not None:
+            ax.imshow(m, cmap="inferno", alpha=0.6, extent=extent, interpolation="nearest",
+                      vmin=float(m.min()), vmax=max(float(m.max()), float(m.min()) + 1e-12))
+        ax.set_title(name, fontsize=9)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    # No tight bounding box: every figure of one encoder has the same pixel size.
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path

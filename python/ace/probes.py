@@ -50,6 +50,7 @@ from .validate import require_choice, require_float, require_int, require_real_a
 
 __all__ = ["compositionality", "decompositionality", "retrieval", "landmark_correspondence",
            "template_matching_baseline", "landmark_embeddings", "symmetry", "linear_probe_classification",
+           "fit_linear_probe",
            "segmentation", "dice", "bootstrap_ci", "resolve_features"]
 
 # Crops are embedded in chunks of this many so that the token maps `embed` also returns
@@ -743,6 +744,14 @@ def linear_probe_classification(enc, train, test, features="default", C=1.0):
     features = resolve_features(enc, features)
     f_train = _global_features(enc, x_train, features)
     f_test = _global_features(enc, x_test, features)
+    return dict(fit_linear_probe(f_train, y_train, f_test, y_test, C), features=features)
+
+
+def fit_linear_probe(f_train, y_train, f_test, y_test, C=1.0):
+    """The linear probe on given features (N, D): a logistic regression (features
+    standardized on the training set, inverse regularization `C`) fitted on the training
+    rows, scored on the test rows as in `linear_probe_classification` (both need at least two
+    classes). Returns {"auc", "auc_ci95", "accuracy", "trials", "chance", "n_train", "n_test"}."""
     clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000))
     clf.fit(f_train, y_train)
     # Rows (class index, probabilities) of the test images: what the bootstrap resamples.
@@ -751,7 +760,7 @@ def linear_probe_classification(enc, train, test, features="default", C=1.0):
     return {"auc": _auc(rows), "auc_ci95": bootstrap_ci(rows, statistic=_auc),
             "accuracy": float(accuracy_score(y_test, clf.predict(f_test))),
             "trials": len(y_test), "chance": float(counts.max() / len(y_test)),
-            "n_train": len(y_train), "n_test": len(y_test), "features": features}
+            "n_train": len(y_train), "n_test": len(y_test)}
 
 
 def _auc(rows):

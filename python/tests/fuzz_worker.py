@@ -119,6 +119,10 @@ def run(case):
                 enc.backward(array(arg))
             elif name == "embed":
                 enc.embed(array(arg))
+            elif name == "attention":
+                enc.forward_attention(array(arg))
+            elif name == "maps":
+                enc.attention(array(arg))
             elif name == "adamw":
                 enc.adamw_step(arg)
             elif name == "precision":

@@ -26,7 +26,7 @@ import re
 
 import numpy as np
 
-__all__ = ["bicubic_matrix", "resample_pos_embed", "vit_forward_features"]
+__all__ = ["bicubic_matrix", "resample_pos_embed", "vit_forward_features", "vit_last_attention"]
 
 LAYER_NORM_EPS = 1e-6
 
@@ -165,14 +165,20 @@ def _attention(x: np.ndarray, state: dict[str, np.ndarray], prefix: str, num_hea
     batch, tokens, channels = x.shape
     if channels % num_heads:
         raise ValueError(f"embedding dim {channels} is not divisible by {num_heads} heads")
+    attn, v = _attention_probs(x, state, prefix, num_heads)
+    out = (attn @ v).transpose(0, 2, 1, 3).reshape(batch, tokens, channels)
+    return _linear(out, state[prefix + "proj.weight"], state[prefix + "proj.bias"])
+
+
+def _attention_probs(x: np.ndarray, state: dict[str, np.ndarray], prefix: str, num_heads: int):
+    """softmax(q k^T * head_dim^-1/2) per head, (B, heads, N, N), and the values (B, heads, N, d)."""
+    batch, tokens, channels = x.shape
     head_dim = channels // num_heads
     qkv = _linear(x, state[prefix + "qkv.weight"], state[prefix + "qkv.bias"])
     # (B, N, 3, heads, d) -> (3, B, heads, N, d)
     qkv = qkv.reshape(batch, tokens, 3, num_heads, head_dim).transpose(2, 0, 3, 1, 4)
     q, k, v = qkv[0], qkv[1], qkv[2]
-    attn = _softmax((q * head_dim**-0.5) @ k.transpose(0, 1, 3, 2))  # (B, heads, N, N)
-    out = (attn @ v).transpose(0, 2, 1, 3).reshape(batch, tokens, channels)
-    return _linear(out, state[prefix + "proj.weight"], state[prefix + "proj.bias"])
+    return _softmax((q * head_dim**-0.5) @ k.transpose(0, 1, 3, 2)), v
 
 
 def _mlp(x: np.ndarray, state: dict[str, np.ndarray], prefix: str) -> np.ndarray:
@@ -208,16 +214,7 @@ def vit_forward_features(
     token first and the patch tokens in row-major order (h = H/p, w = W/p).
     """
     state = {key: np.asarray(value, dtype=np.float64) for key, value in state.items()}
-    x = np.asarray(x, dtype=np.float64)
-    p = patch_size
-
-    patches = _patch_embed(x, state["patch_embed.proj.weight"], state["patch_embed.proj.bias"], p)
-    batch, _, channels = patches.shape
-    h, w = x.shape[2] // p, x.shape[3] // p
-
-    cls = np.broadcast_to(state["cls_token"], (batch, 1, channels))
-    z = np.concatenate([cls, patches], axis=1) + resample_pos_embed(state["pos_embed"], (h, w))
-
+    z = _tokens(state, x, patch_size)
     for i in range(_depth(state)):
         prefix = f"blocks.{i}."
         z = z + _attention(
@@ -233,3 +230,38 @@ def vit_forward_features(
         )
 
     return _layer_norm(z, state["norm.weight"], state["norm.bias"])
+
+
+def _tokens(state: dict[str, np.ndarray], x: np.ndarray, p: int) -> np.ndarray:
+    """z_0: the class token and the patch embeddings plus the position embedding, float64."""
+    x = np.asarray(x, dtype=np.float64)
+    patches = _patch_embed(x, state["patch_embed.proj.weight"], state["patch_embed.proj.bias"], p)
+    batch, _, channels = patches.shape
+    h, w = x.shape[2] // p, x.shape[3] // p
+    cls = np.broadcast_to(state["cls_token"], (batch, 1, channels))
+    return np.concatenate([cls, patches], axis=1) + resample_pos_embed(state["pos_embed"], (h, w))
+
+
+def vit_last_attention(
+    state: dict[str, np.ndarray],
+    x: np.ndarray,
+    *,
+    num_heads: int,
+    patch_size: int = 16,
+) -> np.ndarray:
+    """The last block's attention probabilities of every query, (B, heads, 1 + h*w, 1 + h*w)
+    in float64: softmax(q k^T / sqrt(d)) of LN1 of the tokens entering the last block. Row 0
+    is the class token's query, the row DINO draws as attention maps."""
+    state = {key: np.asarray(value, dtype=np.float64) for key, value in state.items()}
+    z = _tokens(state, x, patch_size)
+    depth = _depth(state)
+    for i in range(depth - 1):
+        prefix = f"blocks.{i}."
+        z = z + _attention(_layer_norm(z, state[prefix + "norm1.weight"], state[prefix + "norm1.bias"]),
+                           state, prefix + "attn.", num_heads)
+        z = z + _mlp(_layer_norm(z, state[prefix + "norm2.weight"], state[prefix + "norm2.bias"]),
+                     state, prefix + "mlp.")
+    last = f"blocks.{depth - 1}."
+    probs, _ = _attention_probs(_layer_norm(z, state[last + "norm1.weight"], state[last + "norm1.bias"]),
+                                state, last + "attn.", num_heads)
+    return probs

@@ -114,7 +114,8 @@ def test_the_harness_reports_a_crashing_case(worker):
 @given(preset=st.sampled_from(["vit_nano", "vit_nano", "vit_tiny", "vit_huge", ""]),
        kwargs=st.dictionaries(st.sampled_from(["in_chans", "img_size", "drop_path", "seed", "mean", "std",
                                                "precision"]), values, max_size=3),
-       calls=st.lists(st.tuples(st.sampled_from(["forward", "train", "backward", "embed"]), arrays())
+       calls=st.lists(st.tuples(st.sampled_from(["forward", "train", "backward", "embed", "attention",
+                                                      "maps"]), arrays())
                       | st.tuples(st.just("adamw"), floats)
                       | st.tuples(st.just("precision"), st.sampled_from(["bf16", "fp32", "auto", "fp16"])),
                       max_size=3))

@@ -1,8 +1,10 @@
-"""Data for ACE: reading radiographs from disk, streaming training batches, and
-the procedural chest-radiograph phantom used when no data is given."""
+"""Data for ACE: reading radiographs from disk, streaming training batches, the procedural
+chest-radiograph phantom used when no data is given, and the label tables of chest X-ray
+data sets (ChestX-ray14, CheXpert, a generic CSV) for probes on the user's own labels."""
 
 from . import phantom
 from .datasets import LabelledSet, load_jsrt, mirror_pairs, phantom_set
+from .labels import LabelTable, read_chestxray14, read_chexpert, read_label_csv, read_labels
 from .images import (
     IMAGE_SUFFIXES,
     ImageReadError,
@@ -18,6 +20,11 @@ from .images import (
 __all__ = [
     "IMAGE_SUFFIXES",
     "LabelledSet",
+    "LabelTable",
+    "read_labels",
+    "read_chestxray14",
+    "read_chexpert",
+    "read_label_csv",
     "load_jsrt",
     "mirror_pairs",
     "phantom_set",
