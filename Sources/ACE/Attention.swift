@@ -9,7 +9,7 @@ public final class Attention {
     /// The layer's own activations, and the set the last forward used (the shared set of
     /// `InferenceScratch` for a forward that keeps nothing for backward).
     private let own = AttentionActivations()
-    private var acts: AttentionActivations
+    var acts: AttentionActivations
     /// The qkv outputs of the last forward. A bf16 training forward puts them in the shared
     /// scratch: its backward reads the bf16 per-head copies instead (and recomputes them should
     /// it have to fall back to fp32).
@@ -131,10 +131,10 @@ func softmaxRow(_ p: UnsafeMutablePointer<Float>, _ n: Int) {
     softmaxRow(p, n) { j, value in p[j] = value }
 }
 
-/// softmax(p) rounded to bf16 into out (p is left exponentiated): for a bf16 product's operand.
+/// p <- softmax(p), also rounded to bf16 into out: a bf16 product's operand.
 @inline(__always)
 func softmaxRow(_ p: UnsafeMutablePointer<Float>, _ n: Int, bf16 out: UnsafeMutablePointer<UInt16>) {
-    softmaxRow(p, n) { j, value in out[j] = bf16Bits(value) }
+    softmaxRow(p, n) { j, value in p[j] = value; out[j] = bf16Bits(value) }
 }
 
 @inline(__always)

@@ -40,6 +40,7 @@ extension Attention {
         let (c, d, hN) = (dim, headDim, heads)
         let rows = b * t, bh = b * hN
         let a = s.attention
+        acts = a   // what `probs` reads (the last block's attention maps)
         s.wide.reserve(rows * 3 * c)
         guard qkv.productBF16(normed, rows: rows, into: UnsafeMutableRawPointer(s.wide.data),
                             epilogue: Epilogue(bf16Output: true)) else { return false }
@@ -50,7 +51,7 @@ extension Attention {
                       rowStride: 3 * c, offset: part * c, intoHeads: true)
         }
         let perHead = Strides.dense(rows: t, cols: d), square = Strides.dense(rows: t, cols: t)
-        a.probs.reshape([bh, t, t])
+        a.probs.reshape([b, hN, t, t])
         guard bf16Matmul(batch: bh, m: t, n: t, k: d, alpha: scale, a: q.data, perHead,
                          b: k.data, .dense(rows: d, cols: t, transposed: true), c: a.probs.data, square)
         else { return false }
