@@ -131,7 +131,11 @@ static PyObject *Encoder_get_tensor(EncoderObject *self, PyObject *args) {
     for (int d = 0; d < ndim; d++) dims[d] = (npy_intp)shape[d];
     PyArrayObject *out = (PyArrayObject *)PyArray_SimpleNew(ndim, dims, NPY_FLOAT32);
     if (!out) return NULL;
-    if (ace_encoder_get_tensor(self->handle, index, PyArray_DATA(out), PyArray_SIZE(out))) {
+    int32_t status;
+    Py_BEGIN_ALLOW_THREADS
+    status = ace_encoder_get_tensor(self->handle, index, PyArray_DATA(out), PyArray_SIZE(out));
+    Py_END_ALLOW_THREADS
+    if (status) {
         Py_DECREF(out);
         return raise_core_error();
     }
@@ -148,7 +152,10 @@ static PyObject *Encoder_set_tensor(EncoderObject *self, PyObject *args) {
     }
     PyArrayObject *arr = (PyArrayObject *)PyArray_FROM_OTF(obj, NPY_FLOAT32, NPY_ARRAY_IN_ARRAY);
     if (!arr) return NULL;
-    int32_t status = ace_encoder_set_tensor(self->handle, index, PyArray_DATA(arr), PyArray_SIZE(arr));
+    int32_t status;
+    Py_BEGIN_ALLOW_THREADS
+    status = ace_encoder_set_tensor(self->handle, index, PyArray_DATA(arr), PyArray_SIZE(arr));
+    Py_END_ALLOW_THREADS
     Py_DECREF(arr);
     if (status) return raise_core_error();
     Py_RETURN_NONE;
@@ -232,7 +239,11 @@ static PyObject *Encoder_adamw_step(EncoderObject *self, PyObject *args) {
 static PyObject *Encoder_set_precision(EncoderObject *self, PyObject *args) {
     const char *setting;
     if (!check_handle(self) || !PyArg_ParseTuple(args, "s", &setting)) return NULL;
-    if (ace_encoder_set_precision(self->handle, setting)) return raise_core_error();
+    int32_t status;
+    Py_BEGIN_ALLOW_THREADS   /* waits for the handle's lock if another thread is computing */
+    status = ace_encoder_set_precision(self->handle, setting);
+    Py_END_ALLOW_THREADS
+    if (status) return raise_core_error();
     Py_RETURN_NONE;
 }
 
@@ -475,7 +486,11 @@ static PyObject *encoder_from_json(PyObject *mod, PyObject *args) {
     unsigned long long seed = 0;
     if (!PyArg_ParseTuple(args, "s|K", &json, &seed)) return NULL;
     void *handle = NULL;
-    if (ace_encoder_create_from_json(json, seed, &handle)) return raise_core_error();
+    int32_t status;
+    Py_BEGIN_ALLOW_THREADS
+    status = ace_encoder_create_from_json(json, seed, &handle);
+    Py_END_ALLOW_THREADS
+    if (status) return raise_core_error();
     return wrap_encoder(handle);
 }
 
@@ -551,8 +566,12 @@ static PyObject *local_match_loss(PyObject *mod, PyObject *args) {
     dz = (PyArrayObject *)PyArray_SimpleNew(3, PyArray_DIMS(z), NPY_FLOAT32);
     if (!dz) goto done;
     double loss = 0, accuracy = 0;
-    if (ace_local_match_loss(PyArray_DATA(t), PyArray_DATA(z), PyArray_DATA(g), b, n, nz, c, alpha, scale,
-                             &loss, &accuracy, PyArray_DATA(dz))) {
+    int32_t status;
+    Py_BEGIN_ALLOW_THREADS
+    status = ace_local_match_loss(PyArray_DATA(t), PyArray_DATA(z), PyArray_DATA(g), b, n, nz, c, alpha, scale,
+                                  &loss, &accuracy, PyArray_DATA(dz));
+    Py_END_ALLOW_THREADS
+    if (status) {
         raise_core_error();
         goto done;
     }
