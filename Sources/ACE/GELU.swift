@@ -36,21 +36,18 @@ public final class GELU {
     /// The backward, also writing the forward's output again in bf16 (for the next layer's
     /// weight gradient) from the same Phi: one erf per value for both.
     func backward(_ dy: Tensor, into dx: Tensor, recomputingBF16 y: UnsafeMutablePointer<UInt16>) {
-        dx.reshape(dy.shape)
-        let xs = input.data, dys = dy.data, dxs = dx.data
-        parallelChunks(dy.count, minPerChunk: 4096) { range in
-            for i in range {
-                let v = xs[i]
-                let cdf = 0.5 * (1 + fastErf(v * 0.70710678118654752))
-                let pdf = 0.39894228040143268 * fastExp(-0.5 * v * v)
-                y[i] = bf16Bits(v * cdf)
-                dxs[i] = dys[i] * (cdf + v * pdf)
-            }
-        }
+        backward(dy, into: dx) { i, output in y[i] = bf16Bits(output) }
     }
 
     /// d/dx [x Phi(x)] = Phi(x) + x phi(x).
     public func backward(_ dy: Tensor, into dx: Tensor) {
+        backward(dy, into: dx) { _, _ in }
+    }
+
+    /// The backward, handing each recomputed output x Phi(x) to `output` (inlined: a no-op
+    /// costs nothing).
+    @inline(__always)
+    private func backward(_ dy: Tensor, into dx: Tensor, output: (Int, Float) -> Void) {
         dx.reshape(dy.shape)
         let xs = input.data, dys = dy.data, dxs = dx.data
         parallelChunks(dy.count, minPerChunk: 4096) { range in
@@ -58,6 +55,7 @@ public final class GELU {
                 let v = xs[i]
                 let cdf = 0.5 * (1 + fastErf(v * 0.70710678118654752))
                 let pdf = 0.39894228040143268 * fastExp(-0.5 * v * v)
+                output(i, v * cdf)
                 dxs[i] = dys[i] * (cdf + v * pdf)
             }
         }
