@@ -2,7 +2,7 @@
 chest-radiograph phantom used when no data is given, and the label tables of chest X-ray
 data sets (ChestX-ray14, CheXpert, a generic CSV) for probes on the user's own labels."""
 
-from . import phantom
+from . import fundus, phantom
 from .datasets import LabelledSet, load_jsrt, mirror_pairs, phantom_set
 from .labels import LabelTable, read_chestxray14, read_chexpert, read_label_csv, read_labels
 from .images import (
