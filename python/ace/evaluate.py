@@ -275,11 +275,15 @@ def headline(metrics):
     rows = {}
 
     def add(label, key, value="accuracy", ci="ci95"):
-        r = metrics[key]
-        rows[label] = {"value": r[value], "ci95": r.get(ci)}
+        r = metrics.get(key, {})
+        if value in r:   # evaluations made before a measurement existed lack it
+            rows[label] = {"value": r[value], "ci95": r.get(ci)}
 
     for f in FEATURES:
         add(f"compositionality cos, {representation(f)}", f"compositionality_{f}", "mean")
+    for f in FEATURES:
+        add(f"compositionality gap (own parts - others' parts), {representation(f)}", f"compositionality_{f}",
+            "gap", "gap_ci95")
     for f in FEATURES:
         add(f"decomposition acc, {representation(f)}", f"decompositionality_{f}")
     for f in FEATURES:

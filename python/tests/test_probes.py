@@ -143,6 +143,28 @@ def test_compositionality_of_quadrant_means_matches_a_direct_computation():
     np.testing.assert_allclose(r["cosines"], expected, rtol=1e-6)
 
 
+class IntensityMoments(StandIn):
+    """Means of per-pixel functions of the intensity: exactly compositional over equal parts,
+    and different for patches of different content."""
+    dim = 4
+
+    def global_features(self, x):
+        return np.stack([x.mean((1, 2)), (x ** 2).mean((1, 2)), np.sin(6 * x).mean((1, 2)),
+                         np.cos(6 * x).mean((1, 2))], 1)
+
+
+def test_compositionality_gap_separates_compositional_from_uniform_features():
+    # Both stand-ins give cosines near 1, the reason the control is there: only the
+    # compositional one is closer to its own parts than to another patch's parts.
+    images = rng(3).uniform(0, 1, (6, 64, 64)) ** rng(4).uniform(0.3, 3, (6, 1, 1))
+    own = probes.compositionality(IntensityMoments(), images, n=40, seed=2)
+    assert own["mean"] == pytest.approx(1.0, abs=1e-6) and own["gap"] > 0.01
+    assert own["gap_ci95"][0] > 0 and own["control"] < own["mean"]
+    np.testing.assert_allclose(own["gap"], np.mean(own["cosines"] - own["control_cosines"]))
+    flat = probes.compositionality(Constant(), images, n=40, seed=2)
+    assert flat["mean"] == pytest.approx(1.0) and flat["gap"] == pytest.approx(0.0, abs=1e-9)
+
+
 # ---------------------------------------------------------------- decompositionality and retrieval
 def two_level_images(n, bins, seed=0):
     """Image j is a 50/50 random mix of two intensities, the centres of bins 3j and 3j + 2,
