@@ -115,17 +115,26 @@ class Group:
 
     # ------------------------------------------------------------------ data
 
-    def shard(self, count):
-        """The contiguous part of range(count) this rank handles (np.array_split's)."""
-        bounds = np.linspace(0, count, self.size + 1).astype(int) if self.size > 1 else [0, count]
-        return range(int(bounds[self.rank]), int(bounds[self.rank + 1]))
+    def broadcast(self, value):
+        """Rank 0's (picklable) value on every rank."""
+        return self.comm.bcast(value, root=0) if self.size > 1 else value
 
-    def gather_rows(self, array):
-        """Every rank's rows (in rank order) concatenated on rank 0; None on the others."""
+    def local_size(self):
+        """Ranks of this job on this node (sharing its cores)."""
         if self.size == 1:
-            return array
-        parts = self.comm.gather(np.ascontiguousarray(array), root=0)
-        return np.concatenate(parts) if self.is_root else None
+            return 1
+        from mpi4py import MPI
+        node = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
+        try:
+            return node.Get_size()
+        finally:
+            node.Free()
+
+    def gather(self, value):
+        """Every rank's (picklable) value, in rank order, on rank 0; None on the others."""
+        if self.size == 1:
+            return [value]
+        return self.comm.gather(value, root=0)
 
     def any(self, flag):
         """True on every rank when `flag` is true on some rank."""

@@ -267,7 +267,7 @@ def resize_batch(images: np.ndarray, size: int) -> np.ndarray:
 
 
 def load_images(
-    source: PathLike, size: int | None = None, *, warn: bool = True
+    source: PathLike, size: int | None = None, *, warn: bool = True, shard: tuple[int, int] = (0, 1)
 ) -> tuple[np.ndarray | list[np.ndarray], list[Path]]:
     """Read every image of ``source`` (see ``list_images``).
 
@@ -277,11 +277,17 @@ def load_images(
     together in one ``ImageSkipWarning`` listing each file with its reason
     (unless ``warn`` is False; the returned paths still show what was kept).
     Raises ``ImageReadError`` if no file is readable.
+
+    ``shard=(rank, ranks)`` reads only that rank's contiguous part of the files (in order;
+    the parts of ranks 0, 1, ... concatenate to the whole); a part may then be empty.
     """
     if size is not None and size < 1:
         raise ValueError(f"size must be a positive number of pixels, got {size}")
     images, paths, skipped = [], [], []
-    for path in list_images(source):
+    files = list_images(source)
+    rank, ranks = shard
+    bounds = [len(files) * r // ranks for r in range(ranks + 1)]
+    for path in files[bounds[rank] : bounds[rank + 1]]:
         try:
             image = read_image(path)
         except (ImageReadError, OSError) as exc:
@@ -289,6 +295,8 @@ def load_images(
             continue
         images.append(resize(image, size) if size is not None else image)
         paths.append(path)
+    if not images and ranks > 1:
+        return (np.zeros((0, size, size), np.float32) if size is not None else []), []
     if not images:
         detail = "\n".join(skipped) if skipped else "  no image files found"
         raise ImageReadError(f"no readable image in {source}:\n{detail}")
