@@ -13,7 +13,7 @@ import numpy as np
 
 import ace
 from ace.data import ImageStream
-from ace.distributed import world
+from ace.distributed import StepFailed, world
 
 GLOBAL_BATCH = 16
 
@@ -50,6 +50,9 @@ def main():
     p.add_argument("--resume")
     p.add_argument("--local-positions", action="store_true",
                    help="control: key every rank's draws by local positions (wrong on purpose)")
+    p.add_argument("--fail", nargs=3, metavar=("RANK", "STEP", "HOW"),
+                   help="on this rank at this step: 'nan' images (a step failure every rank must see) or "
+                        "'crash' (a Python error only this rank sees)")
     args = p.parse_args()
     ace.set_num_threads(1)
     group = world()
@@ -65,9 +68,18 @@ def main():
         start = trainer.steps_done
         stream = ImageStream(images(), GLOBAL_BATCH, 128, seed=3, prefetch=1, shard=(group.rank, group.size))
         batches = iter(stream.seek(start))
-        history, identical = [], []
+        history, identical, failure = [], [], ""
         for step in range(start, args.steps):
-            stats, _ = group.step(trainer, next(batches))
+            batch = next(batches)
+            if args.fail and int(args.fail[0]) == group.rank and int(args.fail[1]) == step + 1:
+                if args.fail[2] == "crash":
+                    raise RuntimeError(f"deliberate crash on rank {group.rank}")
+                batch = np.full_like(batch, np.nan)
+            try:
+                stats, _ = group.step(trainer, batch)
+            except StepFailed as e:
+                failure = str(e)
+                break
             history.append([stats[k] for k in ("loss", "global", "comp", "decomp", "grad_norm")])
             digest = hashlib.sha256(weights(trainer).tobytes()).hexdigest()
             digests = group.comm.allgather(digest) if group.size > 1 else [digest]
@@ -79,7 +91,7 @@ def main():
             if args.checkpoint:
                 trainer.save(args.checkpoint)
             np.savez(args.out, weights=weights(trainer), history=np.array(history), identical=np.array(identical),
-                     ranks=group.size, steps=trainer.steps_done)
+                     ranks=group.size, steps=trainer.steps_done, failure=failure)
         group.barrier()
 
 

@@ -118,3 +118,59 @@ def test_embed_split_across_ranks_is_gathered_in_input_order(tmp_path):
     assert list(two["paths"]) == list(one["paths"])
     np.testing.assert_allclose(two["cls"], one["cls"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(two["tokens"], one["tokens"], rtol=1e-5, atol=1e-6)
+
+
+def test_a_step_failing_on_one_rank_stops_every_rank_at_that_step(tmp_path):
+    """NaN images on rank 1 at step 3: both ranks raise the core's message, the run keeps
+    the weights of step 2, identical on both ranks."""
+    r = run(tmp_path, "nan", 20, 2, "--fail", 1, 3, "nan")
+    assert int(r["steps"]) == 2 and r["identical"].all()
+    assert "NaN" in str(r["failure"])
+
+
+def test_a_crash_on_one_rank_ends_the_whole_job(tmp_path):
+    """A Python error on rank 1 only: the job ends (MPI_Abort after the report) instead of
+    rank 0 waiting forever in the allreduce."""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = ["mpiexec", "-n", "2", sys.executable, str(WORKER), str(tmp_path / "x.npz"), "20", "--fail", "1", "3", "crash"]
+    r = subprocess.run(cmd, env=env, timeout=120, cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode != 0
+    assert "deliberate crash on rank 1" in r.stderr and "stopping every rank" in r.stderr
+    assert not (tmp_path / "x.npz").exists()
+
+
+def test_cli_sigterm_stops_both_ranks_cleanly_and_one_process_resumes(tmp_path):
+    """mpiexec -n 2 ace pretrain (global batch 4) on the phantom, SIGTERM to the launcher (as a
+    scheduler sends): rank 0 saves, the job exits 143; `ace pretrain --resume` on one process
+    finishes the run with the same global batch."""
+    import json
+    import signal
+    import time
+
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = tmp_path / "run"
+    cmd = ["mpiexec", "-n", "2", sys.executable, "-m", "ace", "pretrain", "--preset", "vit_nano", "--steps", "30",
+           "--batch-size", "2", "--image-size", "256", "--precision", "fp32", "--out", str(out)]
+    job = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and job.poll() is None:
+            metrics = out / "metrics.jsonl"
+            if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+                break
+            time.sleep(0.2)
+        job.send_signal(signal.SIGTERM)
+        stdout, stderr = job.communicate(timeout=120)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert job.returncode == 128 + signal.SIGTERM, stderr
+    assert "interrupted at step" in stdout and "SIGTERM" in stdout
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert 2 <= steps[-1] < 30 and steps == list(range(1, steps[-1] + 1))
+    assert json.loads((out / "config.json").read_text())["batch_size"] == 4
+    assert json.loads((out / "run.json").read_text())["ranks"] == 2
+    subprocess.run([sys.executable, "-m", "ace", "pretrain", "--resume", str(out / "last.safetensors")],
+                   env=env, check=True, timeout=300, capture_output=True)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 31))
