@@ -74,7 +74,7 @@ func add(_ x: Tensor, into y: Tensor) {
 public final class DropPath {
     public let rate: Float
     private var scales: [Float] = []
-    /// When set (one key per row), each row's keep/drop draw comes from a stream keyed by the
+    /// When set (one key per row of the batch), each row's keep/drop draw comes from a stream keyed by the
     /// call's draw and the row's key rather than from the row's place in the batch, so a
     /// sample's mask is the same whichever process (data-parallel rank) holds it.
     public var sampleKeys: [UInt64]?
@@ -86,8 +86,7 @@ public final class DropPath {
         let b = branch.shape[0], per = branch.count / b
         scales = [Float](repeating: 1, count: b)
         if training && rate > 0 {
-            if let keys = sampleKeys {
-                precondition(keys.count == b, "one drop-path key per row")
+            if let keys = sampleKeys, keys.count == b {
                 let salt = rng.next()
                 for i in 0..<b {
                     var stream = RNG(seed: salt ^ keys[i])

@@ -223,6 +223,9 @@ public final class Trainer {
 
         let rowKeys = (0..<2).flatMap { v in keys.map { mix64($0 ^ UInt64(v + 1)) } }
         for block in student.blocks { block.dropPath.sampleKeys = rowKeys; block.dropPath2.sampleKeys = rowKeys }
+        // The student is also reachable as an encoder (ace_trainer_encoder): its own training
+        // passes draw as before.
+        defer { for block in student.blocks { block.dropPath.sampleKeys = nil; block.dropPath2.sampleKeys = nil } }
         let s = try student.forward(views, training: true, rng: &stepRNG)
         let t = try teacher.infer(views)   // the teacher never runs backward
 
