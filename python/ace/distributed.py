@@ -14,6 +14,18 @@ compute what 1 process x N*B images computes, up to the order of the float sums.
 
 Without mpi4py, or with one process, `world()` is a group of one and nothing here talks
 to MPI: the run is exactly the single-process one.
+
+The same from Python (run with `mpiexec -n N python script.py`):
+
+    group = ace.distributed.world()
+    with group.abort_on_error():
+        config.batch_size = N * B                  # the global batch: lr scaling, epoch length
+        trainer = group.share_run(ace.Trainer(config) if group.is_root else None)
+        stream = ImageStream(data, config.batch_size, size, shard=(group.rank, group.size))
+        for images in stream:                      # this rank's B images of each batch
+            stats, stop = group.step(trainer, images)
+        if group.is_root:
+            trainer.save(path)
 """
 import contextlib
 import os
@@ -135,13 +147,6 @@ class Group:
         if self.size == 1:
             return [value]
         return self.comm.gather(value, root=0)
-
-    def any(self, flag):
-        """True on every rank when `flag` is true on some rank."""
-        if self.size == 1:
-            return bool(flag)
-        from mpi4py import MPI
-        return bool(self.comm.allreduce(1 if flag else 0, op=MPI.SUM))
 
     def barrier(self):
         if self.size > 1:
