@@ -351,6 +351,60 @@ static PyObject *Trainer_step(TrainerObject *self, PyObject *args) {
     return out;
 }
 
+static PyObject *stats_tuple(const double *stats) {
+    PyObject *out = PyTuple_New(ACE_TRAINER_STATS);
+    for (int i = 0; i < ACE_TRAINER_STATS; i++) PyTuple_SET_ITEM(out, i, PyFloat_FromDouble(stats[i]));
+    return out;
+}
+
+/* compute_gradients(images float32 (B, H, W), first_image) -> stats tuple (the loss terms). */
+static PyObject *Trainer_compute_gradients(TrainerObject *self, PyObject *args) {
+    PyObject *obj;
+    long long first = 0;
+    if (!check_trainer(self) || !PyArg_ParseTuple(args, "OL", &obj, &first)) return NULL;
+    PyArrayObject *x = float_array(obj, 3, "images");
+    if (!x) return NULL;
+    double stats[ACE_TRAINER_STATS];
+    npy_intp *s = PyArray_DIMS(x);
+    int32_t status;
+    Py_BEGIN_ALLOW_THREADS
+    status = ace_trainer_compute_gradients(self->handle, PyArray_DATA(x), s[0], s[1], s[2], first, stats);
+    Py_END_ALLOW_THREADS
+    Py_DECREF(x);
+    if (status) return raise_core_error();
+    return stats_tuple(stats);
+}
+
+static PyObject *Trainer_apply_gradients(TrainerObject *self, PyObject *unused) {
+    if (!check_trainer(self)) return NULL;
+    double stats[ACE_TRAINER_STATS];
+    int32_t status;
+    Py_BEGIN_ALLOW_THREADS
+    status = ace_trainer_apply_gradients(self->handle, stats);
+    Py_END_ALLOW_THREADS
+    if (status) return raise_core_error();
+    return stats_tuple(stats);
+}
+
+/* buffer(0 gradients | 1 center statistic) -> writable float32 array over the core's memory,
+ * no copy; the array holds a reference to the trainer, so the memory outlives it. */
+static PyObject *Trainer_buffer(TrainerObject *self, PyObject *args) {
+    int which;
+    if (!check_trainer(self) || !PyArg_ParseTuple(args, "i", &which)) return NULL;
+    float *data = NULL;
+    int64_t count = 0;
+    if (ace_trainer_buffer(self->handle, which, &data, &count)) return raise_core_error();
+    npy_intp n = (npy_intp)count;
+    PyObject *array = PyArray_SimpleNewFromData(1, &n, NPY_FLOAT32, data);
+    if (!array) return NULL;
+    Py_INCREF(self);
+    if (PyArray_SetBaseObject((PyArrayObject *)array, (PyObject *)self) < 0) {
+        Py_DECREF(array);
+        return NULL;
+    }
+    return array;
+}
+
 static PyObject *Trainer_steps(TrainerObject *self, PyObject *unused) {
     if (!check_trainer(self)) return NULL;
     return PyLong_FromLongLong(ace_trainer_steps(self->handle));
@@ -369,6 +423,11 @@ static PyMethodDef Trainer_methods[] = {
     {"save", (PyCFunction)Trainer_save, METH_VARARGS, "save(path): the whole run, atomically."},
     {"step", (PyCFunction)Trainer_step, METH_VARARGS, "step(images float32 (B, H, W)) -> stats tuple."},
     {"steps", (PyCFunction)Trainer_steps, METH_NOARGS, "Steps taken so far."},
+    {"compute_gradients", (PyCFunction)Trainer_compute_gradients, METH_VARARGS,
+     "compute_gradients(images float32 (B, H, W), first_image) -> stats tuple (loss terms)."},
+    {"apply_gradients", (PyCFunction)Trainer_apply_gradients, METH_NOARGS, "apply_gradients() -> stats tuple."},
+    {"buffer", (PyCFunction)Trainer_buffer, METH_VARARGS,
+     "buffer(0 gradients | 1 center statistic) -> float32 array sharing the core's memory."},
     {"encoder", (PyCFunction)Trainer_encoder, METH_VARARGS, "encoder(0 student | 1 teacher) -> Encoder sharing weights."},
     {NULL}};
 

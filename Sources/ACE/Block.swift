@@ -79,6 +79,10 @@ func add(_ x: Tensor, into y: Tensor) {
 public final class DropPath {
     public let rate: Float
     private var scales: [Float] = []
+    /// When set (one key per row of the batch), each row's keep/drop draw comes from a stream keyed by the
+    /// call's draw and the row's key rather than from the row's place in the batch, so a
+    /// sample's mask is the same whichever process (data-parallel rank) holds it.
+    public var sampleKeys: [UInt64]?
 
     public init(_ rate: Float) { self.rate = rate }
 
@@ -87,7 +91,15 @@ public final class DropPath {
         let b = branch.shape[0], per = branch.count / b
         scales = [Float](repeating: 1, count: b)
         if training && rate > 0 {
-            for i in 0..<b { scales[i] = rng.uniform() < Double(rate) ? 0 : 1 / (1 - rate) }
+            if let keys = sampleKeys, keys.count == b {
+                let salt = rng.next()
+                for i in 0..<b {
+                    var stream = RNG(seed: salt ^ keys[i])
+                    scales[i] = stream.uniform() < Double(rate) ? 0 : 1 / (1 - rate)
+                }
+            } else {
+                for i in 0..<b { scales[i] = rng.uniform() < Double(rate) ? 0 : 1 / (1 - rate) }
+            }
         }
         y.reshape(branch.shape)
         let rs = residual.data, bs = branch.data, ys = y.data

@@ -41,12 +41,14 @@ public struct GlobalLoss {
         return total / Double(rows)
     }
 
-    /// center <- momentum * center + (1 - momentum) * mean over rows of the teacher logits.
-    public static func updateCenter(_ center: Tensor, teacher: Tensor, momentum: Float) {
+    /// The mean over rows of the teacher logits: the batch statistic that moves the center,
+    /// center <- momentum * center + (1 - momentum) * mean (summed in Double, stored as Float).
+    public static func batchMean(_ teacher: Tensor, into mean: Tensor) {
         let rows = teacher.shape[0], k = teacher.shape[1]
-        var mean = [Double](repeating: 0, count: k)
-        for r in 0..<rows { for j in 0..<k { mean[j] += Double(teacher[r * k + j]) } }
-        for j in 0..<k { center[j] = momentum * center[j] + (1 - momentum) * Float(mean[j] / Double(rows)) }
+        var sum = [Double](repeating: 0, count: k)
+        for r in 0..<rows { for j in 0..<k { sum[j] += Double(teacher[r * k + j]) } }
+        mean.reshape([k])
+        for j in 0..<k { mean[j] = Float(sum[j] / Double(rows)) }
     }
 }
 

@@ -53,3 +53,13 @@ public struct RNG {
         }
     }
 }
+
+/// SplitMix64's finalizer: a bijective mix of 64 bits, for deriving independent stream
+/// seeds from structured keys (step word, image index).
+@inline(__always)
+public func mix64(_ value: UInt64) -> UInt64 {
+    var x = value
+    x = (x ^ (x >> 30)) &* 0xBF58_476D_1CE4_E5B9
+    x = (x ^ (x >> 27)) &* 0x94D0_49BB_1331_11EB
+    return x ^ (x >> 31)
+}

@@ -6,6 +6,9 @@ public final class Tensor {
     public private(set) var shape: [Int]
     public private(set) var data: UnsafeMutablePointer<Float>
     private var capacity: Int
+    /// Set when the tensor lives in memory another object owns (a gradient arena): the
+    /// tensor keeps that owner alive and never frees or reallocates its storage.
+    private var storageOwner: AnyObject?
 
     public var count: Int { shape.reduce(1, *) }
 
@@ -22,12 +25,23 @@ public final class Tensor {
         values.withUnsafeBufferPointer { data.update(from: $0.baseAddress!, count: count) }
     }
 
-    deinit { data.deallocate() }
+    deinit { if storageOwner == nil { data.deallocate() } }
+
+    /// Moves the contents into `storage` (at least `count` floats, kept alive by `owner`)
+    /// and uses it from now on; the tensor's shape can no longer grow.
+    public func adopt(_ storage: UnsafeMutablePointer<Float>, owner: AnyObject) {
+        storage.update(from: data, count: count)
+        if storageOwner == nil { data.deallocate() }
+        data = storage
+        capacity = count
+        storageOwner = owner
+    }
 
     /// Gives the tensor a new shape; contents are unspecified unless the size is unchanged.
     public func reshape(_ newShape: [Int]) {
         let n = newShape.reduce(1, *)
         if n > capacity {
+            precondition(storageOwner == nil, "a tensor in shared storage cannot grow")
             data.deallocate()
             capacity = n
             data = .allocate(capacity: n)

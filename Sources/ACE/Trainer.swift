@@ -12,6 +12,12 @@ public final class Trainer {
     public let teacherHead: DINOHead
     public let optimizer: AdamW
     public let center: Tensor
+    /// All trainable gradients in one buffer (data-parallel ranks allreduce it between
+    /// `computeGradients` and `applyGradients`).
+    public let gradients: GradientArena
+    /// The batch mean of the teacher head's logits that moves the center; ranks average it
+    /// before `applyGradients`.
+    public let centerBatchMean: Tensor
     public internal(set) var step = 0
     public internal(set) var rng: RNG
     /// The products' precision, resolved from the config's setting on this machine.
@@ -24,6 +30,9 @@ public final class Trainer {
     private let dTokens = Tensor([0]), dz = Tensor([0])
     private let pooledStudent = Tensor([0]), pooledTeacher = Tensor([0])
     private let dLogits = Tensor([0]), dPooled = Tensor([0])
+    /// What `computeGradients` leaves for `applyGradients`: its statistics and the run's
+    /// generator after the step's draws.
+    private var pending: (stats: Stats, rng: RNG)?
 
     /// Learning rate, weight decay and teacher momentum as functions of the step.
     public let lrSchedule: CosineSchedule, wdSchedule: CosineSchedule, momentumSchedule: CosineSchedule
@@ -58,12 +67,14 @@ public final class Trainer {
         copyValues(from: student.parameters, to: teacher.parameters)
         copyValues(from: head.parameters, to: teacherHead.parameters)
         center = Tensor([config.headPrototypes])
+        centerBatchMean = Tensor([config.headPrototypes])
 
         var trainable = student.parameters
         if config.usesComp { trainable += composer.parameters }
         if config.usesDecomp { trainable += decomposer.parameters }
         if config.usesGlobal { trainable += head.parameters }
         optimizer = AdamW(trainable)
+        gradients = GradientArena(trainable)
         if config.weightDecayTokens {
             for (i, p) in trainable.enumerated() where p === student.position.cls || p === student.position.pos {
                 optimizer.decays[i] = true
@@ -118,19 +129,74 @@ public final class Trainer {
     /// is committed (weights, AdamW moments, step counter, generator, center). A step that
     /// fails throws and leaves the run exactly as it was.
     public func step(images: UnsafePointer<Float>, batch b: Int, height: Int, width: Int) throws -> Stats {
+        try computeGradients(images: images, batch: b, height: height, width: width)
+        return try applyGradients()
+    }
+
+    /// The first half of a step: views, forward, losses and backward into `gradients`, and
+    /// the teacher logits' batch mean into `centerBatchMean`. Nothing of the run is changed
+    /// but those two buffers. `firstImage` is the global position of this batch's first image
+    /// in a data-parallel step (rank x per-rank batch): crops, augmentation and drop path of
+    /// image g are drawn from a stream keyed by the step's generator word and g, so N ranks
+    /// holding B/N images each draw what one process holding all B draws.
+    /// Returns the loss terms and accuracies of this batch.
+    @discardableResult
+    public func computeGradients(images: UnsafePointer<Float>, batch b: Int, height: Int, width: Int,
+                                 firstImage: Int = 0) throws -> Stats {
         try checkImages(batch: b, height: height, width: width)
+        try Limits.require(firstImage, in: 0...Limits.batch * 4096, "first image index")
         let count = b * height * width
         for i in 0..<count where !images[i].isFinite {
             throw ACEError("images contain NaN or infinite values")
         }
-        let startRNG = rng
+        pending = nil
+        gradients.zero()
         do {
-            return try update(images, batch: b, height: height, width: width)
+            let result = try gradientsAndStats(images, batch: b, height: height, width: width, firstImage: firstImage)
+            pending = result
+            return result.stats
         } catch {
-            rng = startRNG
-            for p in optimizer.parameters { p.grad.zero() }
+            gradients.zero()
             throw error
         }
+    }
+
+    /// The second half of a step, on the gradients and center statistic as they are now
+    /// (averaged over ranks, or as `computeGradients` left them): clip, AdamW, EMA teacher,
+    /// center. Checks the gradient norm before committing anything.
+    public func applyGradients() throws -> Stats {
+        guard let (computed, nextRNG) = pending else {
+            throw ACEError("apply_gradients needs a compute_gradients first (each computed step is applied once)")
+        }
+        var stats = computed
+        let frozen = step < frozenSteps ? [head.lastLayer] : []
+        for p in frozen { p.grad.zero() }
+        stats.gradNorm = Double(clipGradients(optimizer.parameters, maxNorm: config.clipGrad,
+                                              perTensor: config.clipMode == .perTensor))
+        guard stats.gradNorm.isFinite else {
+            pending = nil
+            gradients.zero()
+            throw ACEError("the gradient norm became \(stats.gradNorm) at step \(step + 1) (loss \(stats.loss)); the run was not "
+                           + "updated. Check the loss settings (student_temp \(config.studentTemp), teacher_temp "
+                           + "\(config.teacherTemp), logit_scale \(config.logitScale)) or lower the learning rate")
+        }
+        // Commit: nothing below can fail.
+        rng = nextRNG
+        pending = nil
+        if config.usesGlobal {
+            let m = config.centerMomentum
+            for j in 0..<center.count { center[j] = m * center[j] + (1 - m) * centerBatchMean[j] }
+        }
+        stats.lr = lrSchedule(step); stats.wd = wdSchedule(step); stats.momentum = momentumSchedule(step)
+        optimizer.step(lr: Float(stats.lr), weightDecay: Float(stats.wd), frozen: frozen)
+        gradients.zero()
+        emaUpdate(teacher: teacher.parameters, student: student.parameters, momentum: Float(stats.momentum))
+        if config.usesGlobal {
+            emaUpdate(teacher: teacherHead.parameters, student: head.parameters, momentum: Float(stats.momentum))
+        }
+        step += 1
+        stats.step = step
+        return stats
     }
 
     /// Refuses batch shapes beyond the limits before anything is allocated for them.
@@ -142,11 +208,24 @@ public final class Trainer {
                     "images of \(height) x \(width) exceed the limit of \(Limits.imagePixels) pixels")
     }
 
-    private func update(_ images: UnsafePointer<Float>, batch b: Int, height: Int, width: Int) throws -> Stats {
-        let crops = try makeViews(images, batch: b, height: height, width: width)
+    /// The key of image g of a step's global batch, from the step's generator word.
+    static func imageKey(_ stepWord: UInt64, _ g: Int) -> UInt64 { mix64(stepWord ^ mix64(UInt64(g) &+ 1)) }
+
+    private func gradientsAndStats(_ images: UnsafePointer<Float>, batch b: Int, height: Int, width: Int,
+                                   firstImage: Int) throws -> (stats: Stats, rng: RNG) {
+        // The run's generator gives one word per step (plus one per drop-path layer): what it
+        // draws does not depend on the batch, so every rank's generator stays in step.
+        var stepRNG = rng
+        let stepWord = stepRNG.next()
+        let keys = (0..<b).map { Self.imageKey(stepWord, firstImage + $0) }
+        let crops = try makeViews(images, batch: b, height: height, width: width, imageKeys: keys)
         let n = config.grid.side, tokens = 1 + n * n, c = student.config.embedDim
 
-        var stepRNG = rng
+        let rowKeys = (0..<2).flatMap { v in keys.map { mix64($0 ^ UInt64(v + 1)) } }
+        for block in student.blocks { block.dropPath.sampleKeys = rowKeys; block.dropPath2.sampleKeys = rowKeys }
+        // The student is also reachable as an encoder (ace_trainer_encoder): its own training
+        // passes draw as before.
+        defer { for block in student.blocks { block.dropPath.sampleKeys = nil; block.dropPath2.sampleKeys = nil } }
         let s = try student.forward(views, training: true, rng: &stepRNG)
         let t = try teacher.infer(views)   // the teacher never runs backward
 
@@ -192,29 +271,9 @@ public final class Trainer {
                            + "or lower the learning rate")
         }
         student.backward(dTokens)
-        let frozen = step < frozenSteps ? [head.lastLayer] : []
-        for p in frozen { p.grad.zero() }
-        stats.gradNorm = Double(clipGradients(optimizer.parameters, maxNorm: config.clipGrad,
-                                              perTensor: config.clipMode == .perTensor))
-        try require(stats.gradNorm.isFinite,
-                    "the gradient norm became \(stats.gradNorm) at step \(step + 1) (loss \(stats.loss)); the run was not "
-                    + "updated. Check the loss settings (student_temp \(config.studentTemp), teacher_temp "
-                    + "\(config.teacherTemp), logit_scale \(config.logitScale)) or lower the learning rate")
-        // Commit: nothing below can fail.
-        rng = stepRNG
-        if config.usesGlobal {
-            GlobalLoss.updateCenter(center, teacher: teacherHead.logits, momentum: config.centerMomentum)
-        }
-        stats.lr = lrSchedule(step); stats.wd = wdSchedule(step); stats.momentum = momentumSchedule(step)
-        optimizer.step(lr: Float(stats.lr), weightDecay: Float(stats.wd), frozen: frozen)
-        for p in optimizer.parameters { p.grad.zero() }
-        emaUpdate(teacher: teacher.parameters, student: student.parameters, momentum: Float(stats.momentum))
-        if config.usesGlobal {
-            emaUpdate(teacher: teacherHead.parameters, student: head.parameters, momentum: Float(stats.momentum))
-        }
-        step += 1
-        stats.step = step
-        return stats
+        if step < frozenSteps { head.lastLayer.grad.zero() }
+        if config.usesGlobal { GlobalLoss.batchMean(teacherHead.logits, into: centerBatchMean) }
+        return (stats, stepRNG)
     }
 
     // MARK: - Views
@@ -223,11 +282,14 @@ public final class Trainer {
     /// each resized, cropped, augmented and normalized. Returns the grid crops (ACE) or the
     /// full-view geometry stand-ins (DINO) used for pooling.
     ///
-    /// Every random draw is made first, in one fixed order (per image: the optional pre-crop,
-    /// its two boxes, then each view's augmentation draws), so the pixel work can run in parallel over images and the
-    /// result does not depend on the number of threads.
+    /// Every random draw is made first, from image i's own stream seeded by `imageKeys[i]`, in
+    /// one fixed order (the optional pre-crop, its two boxes, then each view's augmentation
+    /// draws), so the pixel work can run in parallel over images and the result depends on
+    /// neither the number of threads nor the image's place in this process's batch.
     @discardableResult
-    public func makeViews(_ images: UnsafePointer<Float>, batch b: Int, height: Int, width: Int) throws -> [GridCrop] {
+    public func makeViews(_ images: UnsafePointer<Float>, batch b: Int, height: Int, width: Int,
+                          imageKeys: [UInt64]) throws -> [GridCrop] {
+        precondition(imageKeys.count == b, "one key per image")
         let g = config.grid, size = g.inputSize, chans = config.inChans
         try checkImages(batch: b, height: height, width: width)
         let workers = workerCount
@@ -236,7 +298,8 @@ public final class Trainer {
         var crops: [GridCrop] = []
         var plans: [(source: (x: Int, y: Int, w: Int, h: Int), boxes: [(x: Int, y: Int, w: Int, h: Int)],
                      augment: [RNG])] = []
-        for _ in 0..<b {
+        for i in 0..<b {
+            var rng = RNG(seed: imageKeys[i])
             let source = config.preCropScaleMin < 1
                 ? randomResizedCrop(width: width, height: height, scale: (config.preCropScaleMin, 1), rng: &rng)
                 : (x: 0, y: 0, w: width, h: height)

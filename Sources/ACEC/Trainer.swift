@@ -74,9 +74,61 @@ public func ace_trainer_step(_ h: UnsafeMutableRawPointer?, _ images: UnsafePoin
         guard let images, let stats else { throw ACEError("null images or stats") }
         guard b >= 0, height >= 0, width >= 0 else { throw ACEError("negative image dimension") }
         let s = try t.lock.locked { try t.trainer.step(images: images, batch: Int(b), height: Int(height), width: Int(width)) }
-        let values = [s.loss, s.global, s.comp, s.decomp, s.lr, s.wd, s.momentum, s.gradNorm, Double(s.step),
-                      s.compAccuracy, s.decompAccuracy]
-        for (i, v) in values.enumerated() { stats[i] = v }
+        writeStats(s, stats)
+    }
+}
+
+func writeStats(_ s: Trainer.Stats, _ stats: UnsafeMutablePointer<Double>) {
+    let values = [s.loss, s.global, s.comp, s.decomp, s.lr, s.wd, s.momentum, s.gradNorm, Double(s.step),
+                  s.compAccuracy, s.decompAccuracy]
+    for (i, v) in values.enumerated() { stats[i] = v }
+}
+
+/// The first half of a step (data-parallel training): gradients into the flat buffer of
+/// ace_trainer_gradients, the center statistic into ace_trainer_center_statistic. first_image
+/// is the global position of images[0] in the step's global batch. stats: the loss terms.
+@_cdecl("ace_trainer_compute_gradients")
+public func ace_trainer_compute_gradients(_ h: UnsafeMutableRawPointer?, _ images: UnsafePointer<Float>?,
+                                          _ b: Int64, _ height: Int64, _ width: Int64, _ firstImage: Int64,
+                                          _ stats: UnsafeMutablePointer<Double>?) -> Int32 {
+    guarded {
+        let t = try trainerHandle(h)
+        guard let images, let stats else { throw ACEError("null images or stats") }
+        guard b >= 0, height >= 0, width >= 0 else { throw ACEError("negative image dimension") }
+        guard firstImage >= 0 else { throw ACEError("first_image must be >= 0, got \(firstImage)") }
+        let s = try t.lock.locked {
+            try t.trainer.computeGradients(images: images, batch: Int(b), height: Int(height), width: Int(width),
+                                           firstImage: Int(firstImage))
+        }
+        writeStats(s, stats)
+    }
+}
+
+/// The second half: clip, AdamW, EMA teacher and center from the buffers as they are now.
+@_cdecl("ace_trainer_apply_gradients")
+public func ace_trainer_apply_gradients(_ h: UnsafeMutableRawPointer?, _ stats: UnsafeMutablePointer<Double>?) -> Int32 {
+    guarded {
+        let t = try trainerHandle(h)
+        guard let stats else { throw ACEError("null stats") }
+        writeStats(try t.lock.locked { try t.trainer.applyGradients() }, stats)
+    }
+}
+
+/// The trainer's gradient storage (which 0: every trainable gradient, one contiguous float32
+/// buffer) or the center's batch statistic (which 1): pointer and element count, valid as
+/// long as the trainer.
+@_cdecl("ace_trainer_buffer")
+public func ace_trainer_buffer(_ h: UnsafeMutableRawPointer?, _ which: Int32,
+                               _ data: UnsafeMutablePointer<UnsafeMutablePointer<Float>?>?,
+                               _ count: UnsafeMutablePointer<Int64>?) -> Int32 {
+    guarded {
+        let t = try trainerHandle(h)
+        guard let data, let count else { throw ACEError("null output") }
+        switch which {
+        case 0: data.pointee = t.trainer.gradients.data; count.pointee = Int64(t.trainer.gradients.count)
+        case 1: data.pointee = t.trainer.centerBatchMean.data; count.pointee = Int64(t.trainer.centerBatchMean.count)
+        default: throw ACEError("buffer must be 0 (gradients) or 1 (center statistic), got \(which)")
+        }
     }
 }
 

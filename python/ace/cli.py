@@ -95,7 +95,11 @@ def build_parser():
                                    "step), TensorBoard event files (tensorboard --logdir OUT), OUT/last.safetensors\n"
                                    "(the whole run, atomically, every --checkpoint-every steps, at the end and on\n"
                                    "Ctrl-C or SIGTERM, e.g. from a scheduler's time limit) and OUT/loss.png. Warns\n"
-                                   "(once each, also in metrics.jsonl) when the run looks collapsed or stalled.")
+                                   "(once each, also in metrics.jsonl) when the run looks collapsed or stalled.\n\n"
+                                   "Data-parallel on several processes: mpiexec -n N ace pretrain ... (pip install\n"
+                                   "'.[mpi]'); rank 0 writes the files; --resume works on any N dividing the global\n"
+                                   "batch. Threads per rank default to cores / ranks on the node; on one node, fewer\n"
+                                   "ranks with more threads each usually win (ranks pay an allreduce per step).")
     p.add_argument("--data", help="folder (recursive), image file or .txt list of PNG/JPEG/TIFF/DICOM; "
                                   f"omitted: {PHANTOM_IMAGES} procedural chest phantoms")
     p.add_argument("--preset", help="encoder: vit_nano, vit_tiny, vit_small, vit_base (default vit_tiny)")
@@ -105,7 +109,8 @@ def build_parser():
     length = p.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=positive_int, help="passes over the data (default 50)")
     length.add_argument("--steps", type=positive_int, help="optimizer steps (instead of --epochs)")
-    p.add_argument("--batch-size", type=positive_int, help="images per step (default 16)")
+    p.add_argument("--batch-size", type=positive_int,
+                   help="images per step (default 16); under mpiexec -n N, per rank (global batch N x this)")
     p.add_argument("--lr", type=finite_float, help="learning rate per 256 images (default 5e-4; scaled by batch/256)")
     p.add_argument("--image-size", type=positive_int,
                    help="images are resized to this square before grid cropping (default 512)")
@@ -229,68 +234,107 @@ def read_run_file(path):
         raise ACEError(f"{path} (written by the run being resumed) is damaged: {e!r}") from None
 
 
-def open_stream(data, seed, image_size, batch_size):
+def open_stream(data, seed, image_size, batch_size, group):
+    """The run's batches (batch_size: the global batch); each rank gets its part of each."""
     from .data import ImageStream, phantom
+    from .errors import ACEError
+    if batch_size % group.size:
+        raise ACEError(f"the global batch of {batch_size} does not split over {group.size} ranks")
     if data is None:
         data, _ = phantom.batch(range(PHANTOM_IMAGES), size=image_size)
-    return ImageStream(data, batch_size, image_size, seed=seed)
+    return ImageStream(data, batch_size, image_size, seed=seed, shard=(group.rank, group.size))
 
 
-def start_run(args):
-    """A new run from the settings: (trainer, stream, run settings, total steps); writes the
-    settings into the run folder."""
+def set_threads(threads, group):
+    """--threads, or under MPI the node's cores shared among its ranks (not all cores each)."""
+    import ace
+    if threads is None and group.size > 1:
+        threads = max(1, (os.cpu_count() or 1) // group.local_size())
+    if threads is not None:
+        ace.set_num_threads(threads)
+
+
+def start_run(args, group):
+    """A new run from the settings: (trainer, stream, run settings, total steps); rank 0
+    writes the settings into the run folder."""
     import ace
     from .trainer import Trainer
 
     settings = resolve_settings(args)
     run, cfg = settings.run, settings.config
-    if run["threads"] is not None:
-        ace.set_num_threads(run["threads"])
-    stream = open_stream(run["data"], run["seed"], cfg.grid.image_size, cfg.batch_size)
+    set_threads(run["threads"], group)
+    per_rank = cfg.batch_size
+    cfg.batch_size = per_rank * group.size     # the learning-rate scaling uses the global batch
+    stream = open_stream(run["data"], run["seed"], cfg.grid.image_size, cfg.batch_size, group)
     total = settings.fit_to_data(len(stream))
-    trainer = Trainer(cfg, seed=run["seed"])
+    if not group.is_root:
+        return group.share_run(None), stream, run, total
+    trainer = group.share_run(Trainer(cfg, seed=run["seed"]))
+    cfg.batch_size = per_rank       # config.yaml repeats the run as given (per rank) ...
+    settings_yaml = settings.to_yaml()
+    cfg.batch_size = per_rank * group.size     # ... config.json is what the core trains with
     out = Path(run["out"])
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(settings.to_yaml())
+    (out / "config.yaml").write_text(settings_yaml)
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     precision = dict(ace.precision_info(), precision=trainer.precision)
     (out / "run.json").write_text(json.dumps({"seed": run["seed"], "data": run["data"], "steps": total,
-                                              "precision": precision}) + "\n")
+                                              "precision": precision, "ranks": group.size}) + "\n")
     (out / "metrics.jsonl").write_text("")
     return trainer, stream, run, total
 
 
-def resume_run(args):
-    """The run saved in --resume, continued with the settings it started with."""
-    import ace
+def resume_run(args, group):
+    """The run saved in --resume, continued with the settings it started with (on any number
+    of ranks that divides its global batch). Rank 0 reads the files and shares the run."""
     from .errors import ACEError
     from .trainer import Trainer
 
     if args.config or args.overrides:
         raise ACEError("--resume continues a run with the settings it started with; --config and --set cannot "
                        "change them")
-    if args.threads is not None:
-        ace.set_num_threads(args.threads)
-    trainer = Trainer.load(args.resume)
-    seed, data, total = read_run_file(Path(args.resume).parent / "run.json")
+    set_threads(args.threads, group)
+    trainer, saved = None, None
+    if group.is_root:
+        trainer = Trainer.load(args.resume)
+        saved = read_run_file(Path(args.resume).parent / "run.json")
+    trainer = group.share_run(trainer)
+    seed, data, total = group.broadcast(saved)
     run = dict(RUN_DEFAULTS, seed=seed, data=args.data or data, out=args.out or str(Path(args.resume).parent))
     if args.checkpoint_every is not None:
         run["checkpoint_every"] = args.checkpoint_every
     cfg = trainer.config
-    return trainer, open_stream(run["data"], seed, cfg.grid.image_size, cfg.batch_size), run, total
+    return trainer, open_stream(run["data"], seed, cfg.grid.image_size, cfg.batch_size, group), run, total
 
 
 def pretrain(args):
-    from .errors import ACEError
+    from .distributed import world
+
+    group = world()
+    with group.abort_on_error():
+        return pretrain_on(group, args)
+
+
+class NoLog:
+    """The TensorBoard log of ranks other than 0: they write nothing."""
+
+    def step(self, *args): pass
+    warning = figure = flush = close = step
+
+
+def pretrain_on(group, args):
+    from .distributed import StepFailed
     from .runlog import Monitor, TensorBoardLog
 
-    trainer, stream, run, total = resume_run(args) if args.resume else start_run(args)
+    trainer, stream, run, total = resume_run(args, group) if args.resume else start_run(args, group)
     out = Path(run["out"])
-    out.mkdir(parents=True, exist_ok=True)
+    root = group.is_root
+    if root:
+        out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "last.safetensors"
     start = trainer.steps_done
-    history = read_metrics(out, upto=start)
-    board = TensorBoardLog(out, start + 1, trainer.config.losses)
+    history = group.broadcast(read_metrics(out, upto=start) if root else None)
+    board = TensorBoardLog(out, start + 1, trainer.config.losses) if root else NoLog()
     monitor = Monitor(trainer.config, total, history)
 
     # Ctrl-C and SIGTERM (what schedulers such as SLURM send before killing a job) both stop
@@ -302,18 +346,23 @@ def pretrain(args):
     try:
         try:
             failure = train_loop(trainer, stream, history, out, ckpt, (start, total, run["checkpoint_every"]),
-                                 interrupted, board, monitor)
-            trainer.save(ckpt)
+                                 interrupted, board, monitor, group)
+            if root:
+                trainer.save(ckpt)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             stream.close()
         done = history[-1]["step"] if history else start
-        finish_logs(history, out, board, done)
+        if root:
+            finish_logs(history, out, board, done)
     finally:
         board.close()
+    group.barrier()     # no rank leaves (and tears MPI down) before rank 0 has saved
+    if not root:
+        return (128 + interrupted[0]) if interrupted else (1 if failure else 0)
     if failure:
-        raise ACEError(f"{failure} (steps up to {done} are saved in {ckpt})")
+        raise StepFailed(f"{failure} (steps up to {done} are saved in {ckpt})")
     if interrupted:
         name = signal.Signals(interrupted[0]).name
         print(f"interrupted at step {done} ({name}): saved {ckpt}; continue with --resume {ckpt}")
@@ -346,39 +395,44 @@ def read_metrics(out, upto=None):
     return [r for r in rows if upto is None or r["step"] <= upto]
 
 
-def train_loop(trainer, stream, history, out, ckpt, span, interrupted, board, monitor):
+def train_loop(trainer, stream, history, out, ckpt, span, interrupted, board, monitor, group):
     """Steps from `start` to `total` (span = start, total, checkpoint every); returns the
     core's message if a step failed (e.g. a NaN loss: the core then leaves the run as it
-    was), else None."""
+    was), else None. Ranks other than 0 write nothing; they all stop at the same step."""
     from tqdm import tqdm
 
     from .errors import ACEError
 
     start, total, every = span
+    root = group.is_root
     metrics = out / "metrics.jsonl"
     # Rows written after the checkpoint being resumed belong to steps that will be redone.
-    metrics.write_text("".join(json.dumps(r) + "\n" for r in history))
+    if root:
+        metrics.write_text("".join(json.dumps(r) + "\n" for r in history))
     batches = iter(stream.seek(start))   # the data order continues where the run stopped
-    bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, disable=None)
+    bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, disable=None if root else True)
     failure = None
-    with metrics.open("a") as log:
+    with (metrics.open("a") if root else open(os.devnull, "w")) as log:
         for step in range(start, total):
-            if interrupted:
+            if interrupted and group.size == 1:
                 break
             batch = next(batches)
             t0 = time.perf_counter()
             try:
-                stats = trainer.step(batch)
+                # Ranks decide together to stop (a signal on any rank) after this step.
+                stats, stop = group.step(trainer, batch, stop=bool(interrupted))
             except ACEError as e:
                 failure = str(e)
                 board.warning("divergence", failure, step + 1)
                 break
-            stats["images_per_s"] = len(batch) / (time.perf_counter() - t0)
+            stats["images_per_s"] = len(batch) * group.size / (time.perf_counter() - t0)
+            if group.size > 1:
+                stats["allreduce_s"] = group.allreduce_seconds
             history.append(stats)
             warnings = monitor.check(history)
             if warnings:
                 stats["warnings"] = warnings
-            for kind, message in warnings.items():
+            for kind, message in warnings.items() if root else ():
                 tqdm.write(f"warning: {message}", file=sys.stderr)
                 board.warning(kind, message, stats["step"])
             log.write(json.dumps(stats) + "\n")
@@ -388,9 +442,13 @@ def train_loop(trainer, stream, history, out, ckpt, span, interrupted, board, mo
             bar.set_postfix(loss=f"{stats['loss']:.4f}", glob=f"{stats['global']:.3f}",
                             comp=f"{stats['comp']:.4f}", decomp=f"{stats['decomp']:.4f}",
                             img_s=f"{stats['images_per_s']:.1f}")
-            if stats["step"] % every == 0 and stats["step"] < total:
+            if stats["step"] % every == 0 and stats["step"] < total and root:
                 trainer.save(ckpt)
                 board.flush()       # the events of the saved steps are on disk with them
+            if stop and group.size > 1:
+                if not interrupted:
+                    interrupted.append(signal.SIGTERM)    # another rank was signalled
+                break
     bar.close()
     return failure
 
@@ -398,15 +456,35 @@ def train_loop(trainer, stream, history, out, ckpt, span, interrupted, board, mo
 # ----------------------------------------------------------------------------- embed
 
 def embed(args):
-    import ace
-    from .data import load_images
+    from .distributed import world
+
+    group = world()
+    with group.abort_on_error():
+        return embed_on(group, args)
+
+
+def embed_on(group, args):
+    """Under mpiexec each rank embeds its contiguous part of the images; rank 0 gathers
+    them in input order and writes the file."""
+    from .data import ImageReadError, load_images
     from .encoder import Encoder
 
-    if args.threads is not None:
-        ace.set_num_threads(args.threads)
+    set_threads(args.threads, group)
     enc = Encoder.load(args.checkpoint)
-    images, paths = load_images(args.data, size=enc.config["img_size"])
-    cls, tokens = enc.embed(images, batch_size=args.batch_size)
+    images, paths = load_images(args.data, size=enc.config["img_size"], shard=(group.rank, group.size))
+    if len(images):
+        cls, tokens = enc.embed(images, batch_size=args.batch_size)
+    else:
+        cls = tokens = None
+    parts = group.gather((cls, tokens, [str(p) for p in paths]))
+    if not group.is_root:
+        return 0
+    parts = [p for p in parts if p[0] is not None]
+    if not parts:
+        raise ImageReadError(f"no readable image in {args.data}")
+    cls = np.concatenate([p[0] for p in parts])
+    tokens = np.concatenate([p[1] for p in parts]) if args.tokens else None
+    paths = [q for p in parts for q in p[2]]
     arrays = {"cls": cls, "paths": np.array([str(p) for p in paths])}
     if args.tokens:
         arrays["tokens"] = tokens

@@ -65,14 +65,49 @@ class Trainer:
 
     def step(self, images):
         """One update on a batch; returns a dict of the loss terms and schedule values."""
-        x = np.asarray(images)
-        if x.ndim == 4:
-            x = to_channels(to_unit_float(x), 1)[:, 0]
-        elif x.ndim == 3:
-            x = to_unit_float(x)
-        else:
-            raise ACEError(f"images must be (B, H, W), got shape {x.shape}")
-        values = self._native.step(np.ascontiguousarray(x, dtype=np.float32))
-        stats = dict(zip(STAT_NAMES, values))
-        stats["step"] = int(stats["step"])
-        return stats
+        return _stats(self._native.step(_batch(images)))
+
+    # A step in two halves, for data-parallel training (ace.distributed): between them the
+    # gradients and the center statistic may be averaged across processes in place.
+
+    def compute_gradients(self, images, *, first_image=0):
+        """Views, forward, losses and backward for this batch into `gradients` and
+        `center_statistic`; nothing else changes. `first_image` is the global position of
+        images[0] in the step's batch (the key of each image's crop, augmentation and drop
+        path draws). Returns the loss terms of this batch."""
+        first = require_int("first_image", first_image, 0, 2**40)
+        return _stats(self._native.compute_gradients(_batch(images), first))
+
+    def apply_gradients(self):
+        """Clip, AdamW, EMA teacher and center from the buffers as they are now; returns the
+        step's stats (loss terms from `compute_gradients`)."""
+        return _stats(self._native.apply_gradients())
+
+    @property
+    def gradients(self):
+        """Every trainable gradient, one contiguous writable float32 array over the core's
+        memory (no copy; it keeps the run alive)."""
+        return self._native.buffer(0)
+
+    @property
+    def center_statistic(self):
+        """The batch mean of the teacher head's logits that `apply_gradients` moves the DINO
+        center toward (writable float32 array over the core's memory)."""
+        return self._native.buffer(1)
+
+
+def _batch(images):
+    x = np.asarray(images)
+    if x.ndim == 4:
+        x = to_channels(to_unit_float(x), 1)[:, 0]
+    elif x.ndim == 3:
+        x = to_unit_float(x)
+    else:
+        raise ACEError(f"images must be (B, H, W), got shape {x.shape}")
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _stats(values):
+    stats = dict(zip(STAT_NAMES, values))
+    stats["step"] = int(stats["step"])
+    return stats

@@ -161,3 +161,36 @@ def test_thread_count_does_not_change_training(precision):
         ace.set_num_threads(before)
     assert one == two
     assert np.array_equal(tokens_one, tokens_two)
+
+
+def test_step_equals_compute_then_apply_bit_for_bit():
+    """The two halves a data-parallel step is made of, with nothing in between, are `step`."""
+    cfg = small_config(drop_path=0.2)
+    a, b = ace.Trainer(cfg, seed=3), ace.Trainer(cfg, seed=3)
+    for i in range(6):
+        sa = a.step(images(2, seed=i))
+        b.compute_gradients(images(2, seed=i))
+        assert b.apply_gradients() == sa
+    for enc in ("student", "teacher"):
+        wa, wb = getattr(a, enc).state_dict(), getattr(b, enc).state_dict()
+        assert all(np.array_equal(wa[k], wb[k]) for k in wa)
+    with pytest.raises(ace.ACEError, match="compute_gradients first"):
+        b.apply_gradients()
+
+
+def test_gradient_and_center_buffers_are_the_cores_memory():
+    t = ace.Trainer(small_config(), seed=1)
+    grads, center = t.gradients, t.center_statistic
+    assert grads.dtype == np.float32 and grads.flags.writeable and center.shape == (128,)
+    t.compute_gradients(images(2))
+    norm = float(np.sqrt(np.sum(grads.astype(np.float64) ** 2)))
+    assert norm > 0 and np.abs(center).sum() > 0
+    assert t.apply_gradients()["grad_norm"] == pytest.approx(norm, rel=1e-5)   # the norm of this buffer
+    assert not grads.any()      # zeroed by the update
+    # Writes go to the core: doubled gradients give a doubled norm.
+    t.compute_gradients(images(2, seed=1))
+    norm = float(np.sqrt(np.sum(grads.astype(np.float64) ** 2)))
+    grads *= 2
+    assert t.apply_gradients()["grad_norm"] == pytest.approx(2 * norm, rel=1e-5)
+    del t
+    assert grads.sum() == 0     # the array keeps the run's memory alive

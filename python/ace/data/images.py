@@ -267,7 +267,7 @@ def resize_batch(images: np.ndarray, size: int) -> np.ndarray:
 
 
 def load_images(
-    source: PathLike, size: int | None = None, *, warn: bool = True
+    source: PathLike, size: int | None = None, *, warn: bool = True, shard: tuple[int, int] = (0, 1)
 ) -> tuple[np.ndarray | list[np.ndarray], list[Path]]:
     """Read every image of ``source`` (see ``list_images``).
 
@@ -277,11 +277,17 @@ def load_images(
     together in one ``ImageSkipWarning`` listing each file with its reason
     (unless ``warn`` is False; the returned paths still show what was kept).
     Raises ``ImageReadError`` if no file is readable.
+
+    ``shard=(rank, ranks)`` reads only that rank's contiguous part of the files (in order;
+    the parts of ranks 0, 1, ... concatenate to the whole); a part may then be empty.
     """
     if size is not None and size < 1:
         raise ValueError(f"size must be a positive number of pixels, got {size}")
     images, paths, skipped = [], [], []
-    for path in list_images(source):
+    files = list_images(source)
+    rank, ranks = shard
+    bounds = [len(files) * r // ranks for r in range(ranks + 1)]
+    for path in files[bounds[rank] : bounds[rank + 1]]:
         try:
             image = read_image(path)
         except (ImageReadError, OSError) as exc:
@@ -289,6 +295,8 @@ def load_images(
             continue
         images.append(resize(image, size) if size is not None else image)
         paths.append(path)
+    if not images and ranks > 1:
+        return (np.zeros((0, size, size), np.float32) if size is not None else []), []
     if not images:
         detail = "\n".join(skipped) if skipped else "  no image files found"
         raise ImageReadError(f"no readable image in {source}:\n{detail}")
@@ -333,6 +341,10 @@ class ImageStream:
       skips). ``close()`` (or leaving a ``with`` block) stops the worker and waits for it
       to finish.
 
+    * ``shard=(rank, ranks)``: data-parallel training. The order and the batches stay
+      those of the whole run (``batch_size`` is the global batch); this stream yields only
+      the rank's contiguous slice of each batch, images ``rank * batch_size / ranks`` on.
+
     ``paths`` lists the files behind the images (None for an array source).
     """
 
@@ -348,6 +360,7 @@ class ImageStream:
         epochs: int | None = None,
         cache: bool = True,
         warn: bool = True,
+        shard: tuple[int, int] = (0, 1),
     ):
         self._thread: threading.Thread | None = None
         if batch_size < 1 or size < 1 or prefetch < 1:
@@ -356,7 +369,10 @@ class ImageStream:
             )
         if epochs is not None and epochs < 1:
             raise ValueError(f"epochs must be None (endless) or positive, got {epochs}")
-        self.batch_size, self.size = batch_size, size
+        rank, ranks = shard
+        if ranks < 1 or not 0 <= rank < ranks or batch_size % ranks:
+            raise ValueError(f"shard (rank {rank}, ranks {ranks}) must split the batch of {batch_size} evenly")
+        self.batch_size, self.size, self.shard = batch_size, size, (rank, ranks)
         self.seed, self.shuffle, self.prefetch, self.epochs = seed, shuffle, prefetch, epochs
         self.paths: list[Path] | None = None
         self._images: np.ndarray | None = None
@@ -392,7 +408,7 @@ class ImageStream:
         self._done = False
         batches = _batch_sequence(
             self._images, self.paths, self._count, self.batch_size, self.size,
-            self.seed, self.shuffle, self.epochs, self._start,
+            self.seed, self.shuffle, self.epochs, self._start, self.shard,
         )
         # The worker gets only what it needs, not ``self``: an abandoned stream
         # can then be garbage-collected, which stops its worker.
@@ -461,17 +477,20 @@ def _batch_sequence(
     shuffle: bool,
     epochs: int | None,
     skip: int = 0,
+    shard: tuple[int, int] = (0, 1),
 ) -> Iterator[np.ndarray]:
     """The batches of an ``ImageStream`` after the first ``skip``, from memory or decoded
     from ``paths``. Skipped epochs still draw their permutation: the order stays the same."""
     rng = np.random.default_rng(seed)
     per_epoch = count // batch_size
+    part = batch_size // shard[1]
+    lo = shard[0] * part
     epoch = 0
     while epochs is None or epoch < epochs:
         order = rng.permutation(count) if shuffle else np.arange(count)
         first, skip = min(skip, per_epoch), skip - min(skip, per_epoch)
         for start in range(first * batch_size, count - batch_size + 1, batch_size):
-            index = order[start : start + batch_size]
+            index = order[start : start + batch_size][lo : lo + part]
             if images is not None:
                 yield images[index]
             else:
