@@ -43,18 +43,25 @@ extension VisionTransformer {
 
     /// Replaces every parameter; names, shapes and the set of tensors must match exactly.
     public func loadState(_ state: [String: (shape: [Int], values: [Float])], source: String) throws {
-        let expected = Set(parameters.map(\.name)), given = Set(state.keys)
-        let missing = expected.subtracting(given).sorted(), unexpected = given.subtracting(expected).sorted()
-        try require(missing.isEmpty && unexpected.isEmpty,
-                    "\(source) does not match the encoder: missing \(missing), unexpected \(unexpected)")
-        for p in parameters {
-            let t = state[p.name]!
-            try require(t.shape == p.shape, "\(source): tensor '\(p.name)' has shape \(t.shape), expected \(p.shape)")
-            try require(t.values.allSatisfy { $0.isFinite }, "\(source): tensor '\(p.name)' contains NaN or infinite values")
-        }
-        for p in parameters {
-            state[p.name]!.values.withUnsafeBufferPointer { p.value.data.update(from: $0.baseAddress!, count: p.count) }
-        }
+        try loadParameters(parameters, from: state, source: source)
+    }
+}
+
+/// Replaces every parameter of an encoder; names, shapes and the set of tensors must match
+/// exactly, and every value must be finite (checked before anything is changed).
+func loadParameters(_ parameters: [Parameter], from state: [String: (shape: [Int], values: [Float])],
+                    source: String) throws {
+    let expected = Set(parameters.map(\.name)), given = Set(state.keys)
+    let missing = expected.subtracting(given).sorted(), unexpected = given.subtracting(expected).sorted()
+    try require(missing.isEmpty && unexpected.isEmpty,
+                "\(source) does not match the encoder: missing \(missing), unexpected \(unexpected)")
+    for p in parameters {
+        let t = state[p.name]!
+        try require(t.shape == p.shape, "\(source): tensor '\(p.name)' has shape \(t.shape), expected \(p.shape)")
+        try require(t.values.allSatisfy { $0.isFinite }, "\(source): tensor '\(p.name)' contains NaN or infinite values")
+    }
+    for p in parameters {
+        state[p.name]!.values.withUnsafeBufferPointer { p.value.data.update(from: $0.baseAddress!, count: p.count) }
     }
 }
 
