@@ -20,6 +20,12 @@ extension VisionTransformer {
     /// Loads an encoder file, or the teacher encoder of a training checkpoint.
     public static func load(from path: String) throws -> VisionTransformer {
         let (metadata, entries) = try Safetensors.read(path)
+        return try load(metadata: metadata, entries: entries, path: path)
+    }
+
+    /// As `load(from:)`, from a file already read.
+    static func load(metadata: [String: String], entries: [String: Safetensors.Entry],
+                     path: String) throws -> VisionTransformer {
         let isRun = metadata["format"] == Trainer.checkpointFormat
         guard let json = isRun ? metadata["encoder_config"] : metadata["config"] else {
             throw ACEError("checkpoint \(path) has no encoder config in its metadata")

@@ -18,6 +18,20 @@ public final class SwinTransformer {
     public let output = Tensor([0])
     private let patches = Tensor([0]), tokens = Tensor([0]), grad = Tensor([0])
 
+    /// How the products of every linear layer are computed (the window attention's own
+    /// products stay fp32).
+    public var precision: Precision = .fp32 {
+        didSet {
+            patchEmbed.proj.precision = precision
+            for d in downsamples { d?.reduction.precision = precision }
+            for stage in stages {
+                for b in stage {
+                    for l in [b.attn.qkv, b.attn.proj, b.mlp.fc1, b.mlp.fc2] { l.precision = precision }
+                }
+            }
+        }
+    }
+
     public init(_ config: SwinConfig, seed: UInt64 = 0) throws {
         try config.validate()
         self.config = config
@@ -88,6 +102,11 @@ public final class SwinTransformer {
         var rng = RNG(seed: 0)
         return try forward(x, training: false, rng: &rng)
     }
+
+    /// Inference forward. (It still keeps the activations of a training forward: a forward
+    /// that shares one set of buffers across blocks, as the ViT's, is not written yet.)
+    @discardableResult
+    public func infer(_ x: Tensor) throws -> Tensor { try forward(x) }
 
     /// Backward of the last forward: accumulates every parameter gradient and, when dx is
     /// given, writes the gradient with respect to the input image.
@@ -174,6 +193,12 @@ extension SwinTransformer {
 
     public static func load(from path: String) throws -> SwinTransformer {
         let (metadata, entries) = try Safetensors.read(path)
+        return try load(metadata: metadata, entries: entries, path: path)
+    }
+
+    /// As `load(from:)`, from a file already read.
+    static func load(metadata: [String: String], entries: [String: Safetensors.Entry],
+                     path: String) throws -> SwinTransformer {
         try require(metadata["backbone"] == backboneName, "\(path) is not a Swin encoder file")
         guard let json = metadata["config"] else {
             throw ACEError("checkpoint \(path) has no encoder config in its metadata")

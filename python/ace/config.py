@@ -13,6 +13,8 @@ from .errors import ACEError
 from .validate import FLOAT32_MAX, INT32_MAX, require_choice, require_float, require_int
 
 PRESETS = ("vit_nano", "vit_tiny", "vit_small", "vit_base")
+# Swin Transformer encoders (timm's swin_*_patch4_window7); not yet trainable by ACE pretraining.
+SWIN_PRESETS = ("swin_nano", "swin_tiny", "swin_small", "swin_base")
 LOSSES = ("global", "comp", "decomp")
 # Largest run, in optimizer steps (epochs x steps_per_epoch), as in the core.
 MAX_STEPS = 2**40

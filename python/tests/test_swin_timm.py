@@ -1,0 +1,167 @@
+"""The Swin encoder is timm's SwinTransformer: the same state dict (names and shapes) gives the
+same final tokens and pooled embedding, for a small custom Swin with shifted windows in three
+stages and for swin_tiny at 224. timm runs in a separate interpreter (PyTorch is never a
+dependency); the tests are skipped with a message where it is missing."""
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+import ace
+
+TORCH_PYTHON = Path(os.environ.get("ACE_TORCH_PYTHON", "/opt/torchenv/bin/python"))
+
+# Builds timm's SwinTransformer with the given kwargs, gives every parameter (LayerNorms, biases
+# and the relative position bias tables included) random values of a useful size, and saves the
+# state dict, the model's forward_features and pooled output, and one shifted block's relative
+# position index and attention mask.
+TIMM_SCRIPT = """
+import json, sys
+try:
+    import numpy as np, torch, timm
+    from timm.models.swin_transformer import SwinTransformer
+    from safetensors.torch import save_file
+except ImportError as e:
+    print(e); sys.exit(3)
+kwargs, out = json.loads(sys.argv[1]), sys.argv[2]
+torch.manual_seed(0)
+model = SwinTransformer(num_classes=0, **kwargs).eval()
+with torch.no_grad():
+    for name, p in model.named_parameters():
+        if name.endswith("norm.weight") or name.endswith("norm1.weight") or name.endswith("norm2.weight"):
+            p.copy_(1 + 0.2 * torch.randn_like(p))
+        elif "relative_position_bias_table" in name:
+            p.copy_(torch.randn_like(p))
+        elif p.ndim == 1:
+            p.copy_(0.1 * torch.randn_like(p))
+save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out + "/model.safetensors")
+x = torch.from_numpy(np.load(out + "/x.npy"))
+with torch.no_grad():
+    feats = model.forward_features(x)
+    pooled = model.forward_head(feats, pre_logits=True)
+block = model.layers[0].blocks[1]
+np.savez(out + "/timm.npz", features=feats.numpy(), pooled=pooled.numpy(),
+         index=block.attn.relative_position_index.numpy(),
+         mask=block.attn_mask.numpy() if block.attn_mask is not None else np.zeros(0),
+         window=np.array(block.window_size), shift=np.array(block.shift_size))
+"""
+
+
+def run_timm(kwargs, x, tmp_path):
+    if not TORCH_PYTHON.exists():
+        pytest.skip(f"no PyTorch interpreter at {TORCH_PYTHON} (set ACE_TORCH_PYTHON)")
+    np.save(tmp_path / "x.npy", x)
+    result = subprocess.run([str(TORCH_PYTHON), "-c", TIMM_SCRIPT, json.dumps(kwargs), str(tmp_path)],
+                            capture_output=True, text=True, timeout=900)
+    if result.returncode == 3:
+        pytest.skip(f"timm is not installed in {TORCH_PYTHON}: {result.stdout.strip()}")
+    assert result.returncode == 0, result.stderr
+    return load_file(str(tmp_path / "model.safetensors")), dict(np.load(tmp_path / "timm.npz"))
+
+
+def ours(config, state):
+    enc = ace.Encoder.from_config(config)
+    enc.precision = "fp32"
+    assert set(enc.state_dict()) == set(state)
+    enc.load_state_dict(state)
+    return enc
+
+
+# A small Swin: 64 px input, window 4: stage grids 16, 8, 4 (shifted, with masks), 2 (one window).
+SMALL = {"img_size": 64, "patch_size": 4, "in_chans": 1, "embed_dim": 24, "depths": [2, 2, 2, 2],
+         "num_heads": [1, 2, 3, 6], "window_size": 4}
+
+
+def small_config():
+    return {"preset": "swin_nano", "embed_dim": 24, "depths": [2, 2, 2, 2], "num_heads": [1, 2, 3, 6],
+            "window_size": 4, "patch_size": 4, "in_chans": 1, "img_size": 64, "mlp_ratio": 4, "drop_path": 0}
+
+
+def test_small_swin_matches_timm(tmp_path):
+    x = np.random.default_rng(0).standard_normal((2, 1, 64, 64)).astype(np.float32)
+    state, ref = run_timm(SMALL, x, tmp_path)
+    enc = ours(small_config(), state)
+    feats = enc.forward_features(x)
+    assert ref["features"].shape == (2, 2, 2, 192)
+    np.testing.assert_allclose(feats.reshape(ref["features"].shape), ref["features"], atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(feats.mean(axis=1), ref["pooled"], atol=1e-4, rtol=1e-4)
+    # The weights matter: a different relative position bias in a shifted block changes the
+    # output (a constant added to the whole table would not: softmax ignores it).
+    state2 = dict(state)
+    name = "layers.1.blocks.1.attn.relative_position_bias_table"
+    state2[name] = state[name] + np.random.default_rng(5).standard_normal(state[name].shape).astype(np.float32)
+    enc.load_state_dict(state2)
+    assert np.abs(enc.forward_features(x) - feats).max() > 1e-3
+
+
+def test_swin_tiny_matches_timm(tmp_path):
+    x = np.random.default_rng(1).standard_normal((1, 1, 224, 224)).astype(np.float32)
+    kwargs = {"img_size": 224, "patch_size": 4, "in_chans": 1, "embed_dim": 96, "depths": [2, 2, 6, 2],
+              "num_heads": [3, 6, 12, 24], "window_size": 7}
+    state, ref = run_timm(kwargs, x, tmp_path)
+    enc = ace.Encoder("swin_tiny")
+    enc.precision = "fp32"
+    enc.load_state_dict(state)
+    feats = enc.forward_features(x)
+    np.testing.assert_allclose(feats.reshape(ref["features"].shape), ref["features"], atol=2e-4, rtol=1e-4)
+    tokens = feats.reshape(1, 7, 7, 768)
+    np.testing.assert_allclose(tokens.mean(axis=(1, 2)), ref["pooled"], atol=1e-4, rtol=1e-4)
+
+
+def numpy_relative_position_index(w):
+    ys, xs = np.meshgrid(np.arange(w), np.arange(w), indexing="ij")
+    coords = np.stack([ys.ravel(), xs.ravel()])                 # 2, N
+    rel = coords[:, :, None] - coords[:, None, :] + (w - 1)     # 2, N, N
+    return rel[0] * (2 * w - 1) + rel[1]
+
+
+def numpy_shift_mask(side, w, s):
+    """Label each token of the grid rolled by -s with the image region it came from; tokens of
+    a window may attend to each other only with equal labels."""
+    ys, xs = np.meshgrid(np.arange(side), np.arange(side), indexing="ij")
+    # After the roll, position p holds token (p + s) % side; it wrapped if p >= side - s.
+    # The last window row/column mixes the regions [side - w, side - s) and [side - s, side).
+    def region(p):
+        return np.where(p < side - w, 0, np.where(p < side - s, 1, 2))
+    label = region(ys) * 3 + region(xs)
+    windows = label.reshape(side // w, w, side // w, w).transpose(0, 2, 1, 3).reshape(-1, w * w)
+    return np.where(windows[:, :, None] == windows[:, None, :], 0.0, -100.0)
+
+
+def test_mask_and_index_match_an_independent_construction(tmp_path):
+    """timm's buffers of a shifted block against a NumPy construction (the same rules our
+    WindowPartition follows; the forward comparisons above show ours applies them as timm)."""
+    x = np.zeros((1, 1, 64, 64), np.float32)
+    _, ref = run_timm(SMALL, x, tmp_path)
+    w, s = int(ref["window"][0]), int(ref["shift"][0])
+    assert (w, s) == (4, 2)
+    np.testing.assert_array_equal(ref["index"], numpy_relative_position_index(w))
+    np.testing.assert_array_equal(ref["mask"], numpy_shift_mask(16, w, s))
+
+
+def test_swin_encoder_file_round_trip(tmp_path):
+    enc = ace.Encoder.from_config(small_config(), seed=3)
+    enc.save(tmp_path / "swin.safetensors")
+    back = ace.Encoder.load(tmp_path / "swin.safetensors")
+    assert back.config == enc.config and back.default_features == "mean"
+    x = np.random.default_rng(2).standard_normal((1, 1, 64, 64)).astype(np.float32)
+    np.testing.assert_array_equal(back.forward_features(x), enc.forward_features(x))
+    images = np.random.default_rng(3).integers(0, 255, (2, 80, 70), dtype=np.uint8)
+    pooled, tokens = back.embed(images)
+    assert pooled.shape == (2, 192) and tokens.shape == (2, 2, 2, 192)
+    np.testing.assert_allclose(pooled, tokens.mean(axis=(1, 2)), atol=1e-5)
+
+
+def test_swin_refuses_bad_input():
+    enc = ace.Encoder.from_config(small_config())
+    with pytest.raises(ace.ACEError, match="img_size"):
+        enc.forward_features(np.zeros((1, 1, 32, 32), np.float32))
+    bad = dict(small_config(), window_size=3)
+    with pytest.raises(ace.ACEError, match="window"):
+        ace.Encoder.from_config(bad)
+    with pytest.raises(ace.ACEError, match="num_heads"):
+        ace.Encoder.from_config(dict(small_config(), num_heads=[1, 2]))
