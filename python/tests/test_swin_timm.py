@@ -165,3 +165,17 @@ def test_swin_refuses_bad_input():
         ace.Encoder.from_config(bad)
     with pytest.raises(ace.ACEError, match="num_heads"):
         ace.Encoder.from_config(dict(small_config(), num_heads=[1, 2]))
+
+
+def test_ace_embed_with_a_swin_encoder_file(tiny_images, tmp_path):
+    """`ace embed` on a Swin encoder file: the pooled embedding under `cls` and the final grid."""
+    from conftest import run_ace
+
+    enc = ace.Encoder.from_config(small_config(), seed=4)
+    enc.save(tmp_path / "swin.safetensors")
+    run_ace("embed", "--checkpoint", tmp_path / "swin.safetensors", "--data", tiny_images,
+            "--out", tmp_path / "emb.npz", "--tokens")
+    emb = np.load(tmp_path / "emb.npz")
+    n = len(emb["paths"])
+    assert n > 0 and emb["cls"].shape == (n, 192) and emb["tokens"].shape == (n, 2, 2, 192)
+    np.testing.assert_allclose(emb["cls"], emb["tokens"].mean(axis=(1, 2)), atol=1e-5)
