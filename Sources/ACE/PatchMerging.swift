@@ -20,12 +20,13 @@ public final class PatchMerging {
 
     public var parameters: [Parameter] { norm.parameters + reduction.parameters }
 
-    public func forward(_ x: Tensor) -> Tensor {
+    /// `keep: false` (inference) keeps nothing for backward.
+    public func forward(_ x: Tensor, keep: Bool = true) -> Tensor {
         let b = x.shape[0]
         merged.reshape([b, side * side / 4, 4 * dim])
         forEachChunk(b) { grid, chunk in (merged.data + chunk).update(from: x.data + grid, count: dim) }
-        norm.forward(merged, into: normed)
-        reduction.forward(normed, into: output)
+        norm.forward(merged, into: normed, keep: keep)
+        reduction.forward(normed, into: output, keepInput: keep)
         return output
     }
 

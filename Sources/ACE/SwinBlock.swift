@@ -48,6 +48,19 @@ public final class SwinBlock {
         return output
     }
 
+    /// Inference in place: x += reverse(attn(partition(norm1(x)))), then x += mlp(norm2(x))
+    /// (drop path is the identity), every intermediate in `s`, nothing kept for backward.
+    public func infer(_ x: Tensor, shared s: SwinInferenceScratch) {
+        norm1.forward(x, into: s.normed, keep: false)
+        partition.partition(s.normed, into: s.windows)
+        attn.forward(s.windows, mask: mask, into: s.windowsOut, shared: s.attention)
+        partition.reverse(s.windowsOut, into: s.branch)
+        add(s.branch, into: x)
+        norm2.forward(x, into: s.normed, keep: false)
+        mlp.infer(s.normed, into: s.branch, hidden: s.hidden)
+        add(s.branch, into: x)
+    }
+
     /// dy -> dx (may be the same tensor as dy).
     public func backward(_ dy: Tensor, into dx: Tensor) {
         let (dMid, dBranch, dNorm) = (scratch.dMid, scratch.dBranch, scratch.dNorm)
@@ -66,4 +79,13 @@ public final class SwinBlock {
         dx.copy(from: dMid)
         add(dBranch, into: dx)
     }
+}
+
+/// Buffers of a Swin inference forward, shared by every block (see `InferenceScratch`).
+public final class SwinInferenceScratch {
+    let normed = Tensor([0]), windows = Tensor([0]), windowsOut = Tensor([0])
+    let branch = Tensor([0]), hidden = Tensor([0])
+    let attention = AttentionActivations()
+
+    public init() {}
 }

@@ -17,6 +17,7 @@ public final class SwinTransformer {
     /// row-major; valid until the next forward.
     public let output = Tensor([0])
     private let patches = Tensor([0]), tokens = Tensor([0]), grad = Tensor([0])
+    private let inference = SwinInferenceScratch()
 
     /// How the products of every linear layer are computed (the window attention's own
     /// products stay fp32).
@@ -103,10 +104,21 @@ public final class SwinTransformer {
         return try forward(x, training: false, rng: &rng)
     }
 
-    /// Inference forward. (It still keeps the activations of a training forward: a forward
-    /// that shares one set of buffers across blocks, as the ViT's, is not written yet.)
+    /// Inference forward that keeps nothing for backward: the blocks update the tokens in place
+    /// and share one set of intermediate buffers. A backward must not follow it.
     @discardableResult
-    public func infer(_ x: Tensor) throws -> Tensor { try forward(x) }
+    public func infer(_ x: Tensor) throws -> Tensor {
+        try checkInput(x)
+        patchEmbed.forward(x, into: patches)
+        embedNorm.forward(patches, into: tokens, keep: false)
+        var current = tokens
+        for i in 0..<config.stages {
+            if let d = downsamples[i] { current = d.forward(current, keep: false) }
+            for b in stages[i] { b.infer(current, shared: inference) }
+        }
+        norm.forward(current, into: output, keep: false)
+        return output
+    }
 
     /// Backward of the last forward: accumulates every parameter gradient and, when dx is
     /// given, writes the gradient with respect to the input image.

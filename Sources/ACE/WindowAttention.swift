@@ -13,7 +13,13 @@ public final class WindowAttention {
     public let dim: Int, heads: Int, headDim: Int, window: Int
     let scale: Float
     let index: [Int]
-    private let qkvOut = Tensor([0]), probs = Tensor([0]), context = Tensor([0])
+    /// The layer's own activations, and the set the last forward used (a shared set for a
+    /// forward that keeps nothing for backward).
+    private let own = AttentionActivations()
+    private var acts: AttentionActivations
+    private var qkvOut: Tensor { acts.qkvOut }
+    private var probs: Tensor { acts.probs }
+    private var context: Tensor { acts.context }
     /// B gathered from the table, (heads, N, N), and its gradient.
     private let bias = Tensor([0]), dBias = Tensor([0])
     private var mask: Tensor?
@@ -23,6 +29,7 @@ public final class WindowAttention {
     public init(_ name: String, _ dim: Int, heads: Int, window: Int, scratch: BlockScratch = BlockScratch()) {
         self.dim = dim; self.heads = heads; self.window = window
         self.scratch = scratch
+        acts = own
         headDim = dim / heads
         scale = 1 / Float(headDim).squareRoot()
         qkv = Linear("\(name).qkv", dim, 3 * dim)
@@ -42,15 +49,18 @@ public final class WindowAttention {
     }
 
     /// x: (B * nW, N, C) windows -> y (same shape). `mask` (nW, N, N) or nil; kept by
-    /// reference for backward.
-    public func forward(_ x: Tensor, mask: Tensor?, into y: Tensor) {
+    /// reference for backward. With `shared` the activations go to that set and nothing is
+    /// kept for backward (inference).
+    public func forward(_ x: Tensor, mask: Tensor?, into y: Tensor, shared: AttentionActivations? = nil) {
+        acts = shared ?? own
+        let keep = shared == nil
         let bw = x.shape[0], n = x.shape[1], c = dim, d = headDim, hN = heads
         precondition(n == window * window)
         windows = bw
         self.mask = mask
         let nW = mask?.shape[0] ?? 1
         gatherBias()
-        qkv.forward(x, into: qkvOut)
+        qkv.forward(x, into: qkvOut, keepInput: keep)
         probs.reshape([bw, hN, n, n]); context.reshape([bw, n, c])
         let base = qkvOut.data, ps = probs.data, ctx = context.data, s = scale
         let bs = bias.data, ms = mask?.data
@@ -71,7 +81,7 @@ public final class WindowAttention {
                 serialGemm(m: n, n: d, k: n, a: p, b: v, ldb: 3 * c, c: ctx + bi * n * c + h * d, ldc: c)
             }
         }
-        proj.forward(context, into: y)
+        proj.forward(context, into: y, keepInput: keep)
     }
 
     /// bias[h, i, j] = table[index[i, j], h].

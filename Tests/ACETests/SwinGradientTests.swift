@@ -163,6 +163,18 @@ final class SwinGradientTests: XCTestCase {
             tensors: [("image", x, dx)] + parameterTriples(model.parameters)))
     }
 
+    /// The inference forward (shared buffers, blocks in place) computes what the training
+    /// forward computes, and a training forward after it still gets correct gradients.
+    func testInferMatchesForward() throws {
+        let model = try SwinTransformer(SwinConfig(preset: "swin_nano", inChans: 1, imgSize: 64, windowSize: 2), seed: 2)
+        var rng = RNG(seed: 3)
+        let x = randomTensor([2, 1, 64, 64], &rng)
+        let a = try model.forward(x).array
+        let b = try model.infer(x).array
+        XCTAssertEqual(a.count, b.count)
+        XCTAssertLessThan(zip(a, b).map { abs($0 - $1) }.max()!, 1e-5)
+    }
+
     func testSaveLoadRoundTrip() throws {
         let config = try SwinConfig(preset: "swin_nano", inChans: 3, imgSize: 64, windowSize: 2)
         let model = try SwinTransformer(config, seed: 1)

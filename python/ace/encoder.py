@@ -178,7 +178,7 @@ class Encoder:
         self._pending_shape = None        # the core discards a pending backward on any forward
         if self.is_swin:
             # The core checks the input is img_size square; the output is the final grid.
-            g, dim = self._token_grid(), self._width()
+            g, dim = self.token_grid, self._width()
             out = np.empty((x.shape[0], g * g, dim), np.float32)
         else:
             p = cfg["patch_size"]
@@ -189,7 +189,8 @@ class Encoder:
             self._pending_shape = out.shape
         return out
 
-    def _token_grid(self):
+    @property
+    def token_grid(self):
         """Side of the token grid of an img_size input (Swin: the final stage's)."""
         cfg = self._config
         if self.is_swin:
@@ -219,8 +220,7 @@ class Encoder:
         if images.shape[0] == 0:
             raise ACEError("images are an empty batch")
         check_image_size(images)
-        cfg = self._config
-        g, dim = self._token_grid(), self._width()
+        g, dim = self.token_grid, self._width()
         try:
             cls = np.empty((len(images), dim), np.float32)
             tokens = np.empty((len(images), g, g, dim), np.float32)

@@ -862,8 +862,12 @@ def segmentation(enc, train, test, mode="linear", shots=None, structures=None, C
     if shots is not None:
         order = order[:require_int("shots", shots, 1, len(x_train))]
     cfg = enc.config
-    grid = (cfg["img_size"] // cfg["patch_size"],) * 2
+    # The token grid: img_size / patch for a ViT, the final stage's grid for a Swin.
+    grid = (getattr(enc, "token_grid", None) or cfg["img_size"] // cfg["patch_size"],) * 2
     if mode == "finetune":
+        if getattr(enc, "is_swin", False):
+            raise ACEError("fine-tuning segmentation probes support ViT encoders only for now; "
+                           "use the linear probe with a Swin encoder")
         fractions = np.stack([_area_fraction(m[order], grid) for m in m_train.values()], axis=-1)
         probs = _finetune(enc, x_train[order], fractions, x_test, seed=seed, **finetune)
     else:
