@@ -24,15 +24,23 @@ class Encoder:
     """
 
     def __init__(self, preset="vit_tiny", *, in_chans=1, img_size=224, drop_path=0.0, seed=0,
-                 mean=JSRT_MEAN, std=JSRT_STD, precision="auto"):
+                 mean=JSRT_MEAN, std=JSRT_STD, precision="auto", window_size=None):
         if not isinstance(preset, str) or preset not in PRESETS + SWIN_PRESETS:
             raise ACEError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS + SWIN_PRESETS)}")
         # Types and int32/uint64 bounds here; the core checks the ranges (in_chans 1 or 3,
         # img_size a multiple of the patch up to its limit, drop_path in [0, 1)).
-        self._native = _native.Encoder(preset, require_int("in_chans", in_chans, 1, INT32_MAX),
-                                       require_int("img_size", img_size, 1, INT32_MAX),
-                                       require_float("drop_path", drop_path),
-                                       require_int("seed", seed, 0, UINT64_MAX))
+        args = (require_int("in_chans", in_chans, 1, INT32_MAX), require_int("img_size", img_size, 1, INT32_MAX),
+                require_float("drop_path", drop_path), require_int("seed", seed, 0, UINT64_MAX))
+        if window_size is None:
+            self._native = _native.Encoder(preset, *args)
+        elif preset not in SWIN_PRESETS:
+            raise ACEError(f"window_size applies to Swin presets ({', '.join(SWIN_PRESETS)}), not {preset!r}")
+        else:
+            # A Swin of another window (e.g. 256 px input with window 8: an 8x8 final grid): the
+            # preset's config at timm's geometry, then the chosen one, validated by the core.
+            config = json.loads(_native.Encoder(preset, args[0], 224, args[2], args[3]).config_json())
+            config.update(img_size=args[1], window_size=require_int("window_size", window_size, 1, INT32_MAX))
+            self._native = _native.encoder_from_json(json.dumps(config), args[3])
         self._init_common(mean, std)
         self.precision = precision
 

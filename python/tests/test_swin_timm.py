@@ -179,3 +179,27 @@ def test_ace_embed_with_a_swin_encoder_file(tiny_images, tmp_path):
     n = len(emb["paths"])
     assert n > 0 and emb["cls"].shape == (n, 192) and emb["tokens"].shape == (n, 2, 2, 192)
     np.testing.assert_allclose(emb["cls"], emb["tokens"].mean(axis=(1, 2)), atol=1e-5)
+
+
+def test_swin_preset_with_its_own_window():
+    """swin_nano at 256 px with window 8: grids 64, 32, 16 (shifted) and 8 (one window)."""
+    enc = ace.Encoder("swin_nano", img_size=256, window_size=8, seed=1)
+    assert enc.config["window_size"] == 8 and enc.token_grid == 8
+    assert enc.state_dict()["layers.3.blocks.0.attn.relative_position_bias_table"].shape == (15 * 15, 8)
+    with pytest.raises(ace.ACEError, match="window"):
+        ace.Encoder("swin_nano", img_size=256)            # 256 / 32 = 8 is not a multiple of 7
+    with pytest.raises(ace.ACEError, match="Swin presets"):
+        ace.Encoder("vit_nano", window_size=8)
+
+
+def test_swin_bf16_products_stay_close_to_fp32():
+    """precision bf16 rounds the linear layers' operands (the window attention stays fp32)."""
+    enc = ace.Encoder.from_config(small_config(), seed=5)
+    x = np.random.default_rng(6).standard_normal((2, 1, 64, 64)).astype(np.float32)
+    enc.precision = "fp32"
+    ref = enc.forward_features(x)
+    enc.precision = "bf16"
+    if enc.precision != "bf16":
+        pytest.skip("no bf16 on this machine")
+    out = enc.forward_features(x)
+    assert 0 < np.abs(out - ref).max() < 0.1 * np.abs(ref).max()
