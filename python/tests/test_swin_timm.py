@@ -203,3 +203,33 @@ def test_swin_bf16_products_stay_close_to_fp32():
         pytest.skip("no bf16 on this machine")
     out = enc.forward_features(x)
     assert 0 < np.abs(out - ref).max() < 0.1 * np.abs(ref).max()
+
+
+def test_ace_export_of_a_swin_loads_in_timm(tmp_path):
+    """`ace export` of a Swin encoder file: both printed timm.create_model lines rebuild the
+    encoder in timm, with our final tokens and pooled embedding."""
+    from conftest import run_ace
+    from test_export import TIMM_SCRIPT as EXPORT_SCRIPT
+
+    if not TORCH_PYTHON.exists():
+        pytest.skip(f"no PyTorch interpreter at {TORCH_PYTHON} (set ACE_TORCH_PYTHON)")
+    enc = ace.Encoder.from_config(small_config(), seed=7)
+    enc.save(tmp_path / "swin.safetensors")
+    out = run_ace("export", tmp_path / "swin.safetensors", "--out", tmp_path / "timm")
+    commands = [line.strip() for line in out.stdout.splitlines() if line.strip().startswith("timm.create_model(")]
+    assert len(commands) == 2 and "swin_tiny_patch4_window7_224" in commands[1]
+    config = json.loads((tmp_path / "timm" / "config.json").read_text())
+    assert config["num_features"] == 192 and config["model_args"]["depths"] == [2, 2, 2, 2]
+    x = np.random.default_rng(8).standard_normal((2, 1, 64, 64)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    result = subprocess.run([str(TORCH_PYTHON), "-c", EXPORT_SCRIPT, str(tmp_path / "x.npy"),
+                             str(tmp_path / "timm.npz"), *commands], capture_output=True, text=True, timeout=900)
+    if result.returncode == 3:
+        pytest.skip(f"timm is not installed in {TORCH_PYTHON}")
+    assert result.returncode == 0, result.stderr
+    got = np.load(tmp_path / "timm.npz")
+    enc.precision = "fp32"
+    feats = enc.forward_features(x)
+    for i in range(2):
+        np.testing.assert_allclose(got[f"features{i}"].reshape(feats.shape), feats, atol=1e-4, rtol=1e-4)
+        np.testing.assert_allclose(got[f"pooled{i}"], feats.mean(axis=1), atol=1e-4, rtol=1e-4)
