@@ -12,6 +12,7 @@ import pytest
 from safetensors.numpy import load_file
 
 import ace
+from reference_swin import relative_position_index, shift_mask
 
 TORCH_PYTHON = Path(os.environ.get("ACE_TORCH_PYTHON", "/opt/torchenv/bin/python"))
 
@@ -112,35 +113,15 @@ def test_swin_tiny_matches_timm(tmp_path):
     np.testing.assert_allclose(tokens.mean(axis=(1, 2)), ref["pooled"], atol=1e-4, rtol=1e-4)
 
 
-def numpy_relative_position_index(w):
-    ys, xs = np.meshgrid(np.arange(w), np.arange(w), indexing="ij")
-    coords = np.stack([ys.ravel(), xs.ravel()])                 # 2, N
-    rel = coords[:, :, None] - coords[:, None, :] + (w - 1)     # 2, N, N
-    return rel[0] * (2 * w - 1) + rel[1]
-
-
-def numpy_shift_mask(side, w, s):
-    """Label each token of the grid rolled by -s with the image region it came from; tokens of
-    a window may attend to each other only with equal labels."""
-    ys, xs = np.meshgrid(np.arange(side), np.arange(side), indexing="ij")
-    # After the roll, position p holds token (p + s) % side; it wrapped if p >= side - s.
-    # The last window row/column mixes the regions [side - w, side - s) and [side - s, side).
-    def region(p):
-        return np.where(p < side - w, 0, np.where(p < side - s, 1, 2))
-    label = region(ys) * 3 + region(xs)
-    windows = label.reshape(side // w, w, side // w, w).transpose(0, 2, 1, 3).reshape(-1, w * w)
-    return np.where(windows[:, :, None] == windows[:, None, :], 0.0, -100.0)
-
-
 def test_mask_and_index_match_an_independent_construction(tmp_path):
-    """timm's buffers of a shifted block against a NumPy construction (the same rules our
-    WindowPartition follows; the forward comparisons above show ours applies them as timm)."""
+    """timm's buffers of a shifted block against the NumPy reference's construction
+    (reference_swin.py, which our forward matches to 1e-4 in test_swin_reference.py)."""
     x = np.zeros((1, 1, 64, 64), np.float32)
     _, ref = run_timm(SMALL, x, tmp_path)
     w, s = int(ref["window"][0]), int(ref["shift"][0])
     assert (w, s) == (4, 2)
-    np.testing.assert_array_equal(ref["index"], numpy_relative_position_index(w))
-    np.testing.assert_array_equal(ref["mask"], numpy_shift_mask(16, w, s))
+    np.testing.assert_array_equal(ref["index"], relative_position_index(w))
+    np.testing.assert_array_equal(ref["mask"], shift_mask(16, w, s))
 
 
 def test_swin_encoder_file_round_trip(tmp_path):
