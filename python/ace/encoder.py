@@ -186,7 +186,7 @@ class Encoder:
         self._pending_shape = None        # the core discards a pending backward on any forward
         if self.is_swin:
             # The core checks the input is img_size square; the output is the final grid.
-            g, dim = self.token_grid, self._width()
+            g, dim = self.token_grid, self.width
             out = np.empty((x.shape[0], g * g, dim), np.float32)
         else:
             p = cfg["patch_size"]
@@ -205,7 +205,8 @@ class Encoder:
             return cfg["img_size"] // (cfg["patch_size"] << (len(cfg["depths"]) - 1))
         return cfg["img_size"] // cfg["patch_size"]
 
-    def _width(self):
+    @property
+    def width(self):
         """Width of the output tokens (Swin: embed_dim * 2^(stages - 1))."""
         cfg = self._config
         return cfg["embed_dim"] << (len(cfg["depths"]) - 1) if self.is_swin else cfg["embed_dim"]
@@ -228,7 +229,7 @@ class Encoder:
         if images.shape[0] == 0:
             raise ACEError("images are an empty batch")
         check_image_size(images)
-        g, dim = self.token_grid, self._width()
+        g, dim = self.token_grid, self.width
         try:
             cls = np.empty((len(images), dim), np.float32)
             tokens = np.empty((len(images), g, g, dim), np.float32)
