@@ -27,3 +27,24 @@ def test_swin_segmentation_linear_and_finetune():
     tuned = probes.segmentation(enc, train, test, mode="finetune", finetune=dict(settings, lr=1e-3))
     assert tuned["dice"]["heart"] > frozen["dice"]["heart"] + 0.05, (frozen["dice"], tuned["dice"])
     assert all(np.array_equal(v, enc.state_dict()[k]) for k, v in before.items())
+
+
+def test_every_probe_runs_on_a_swin_encoder():
+    images, ph = phantom.batch(range(8), size=64)
+    landmarks = phantom.landmark_array(ph)
+    enc = ace.Encoder.from_config(SWIN_64, seed=0)
+    comp = probes.compositionality(enc, images, parts=2, n=8)
+    assert comp["cosines"].shape == (8,) and np.all(np.abs(comp["cosines"]) <= 1 + 1e-9)
+    for probe in (probes.decompositionality, probes.retrieval):
+        r = probe(enc, images, batch=4, trials=8)
+        assert 0 <= r["accuracy"] <= 1 and r["features"] == "mean"
+    for method in ("dense", "window"):
+        r = probes.landmark_correspondence(enc, images[:3], landmarks[:3], method=method, patch=16, pairs=2)
+        assert r["errors"].shape == (2, 120) and np.isfinite(r["errors"]).all()
+    emb = probes.landmark_embeddings(enc, images[:4], landmarks[:4, ::10], patch=16)
+    assert emb["embeddings"].shape == (48, enc.width)
+    sym = probes.symmetry(enc, images[:4], landmarks[:4], [(44, 0), (65, 21)], patch=16)
+    assert 0 <= sym["accuracy"] <= 1
+    labels = np.array([0, 1] * 4)
+    r = probes.linear_probe_classification(enc, (images[:4], labels[:4]), (images[4:], labels[4:]))
+    assert 0 <= r["auc"] <= 1
