@@ -29,6 +29,10 @@ public func makeEncoder(preset: String, inChans: Int, imgSize: Int, dropPath: Fl
         return try SwinTransformer(SwinConfig(preset: preset, inChans: inChans, imgSize: imgSize, dropPath: dropPath),
                                    seed: seed)
     }
+    guard ViTConfig.presets[preset] != nil else {
+        let known = (ViTConfig.presets.keys.sorted() + SwinConfig.presets.keys.sorted()).joined(separator: ", ")
+        throw ACEError("unknown preset '\(preset)'; choose one of \(known)")
+    }
     return try VisionTransformer(ViTConfig(preset: preset, inChans: inChans, imgSize: imgSize, dropPath: dropPath),
                                  seed: seed)
 }
