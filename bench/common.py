@@ -50,6 +50,29 @@ def vit_forward_flops(config, img_size=None):
     return patch + depth * block
 
 
+def swin_forward_flops(config):
+    """Multiply-adds x 2 of Swin forward_features for one image: patch embedding, per block
+    qkv, Q K^T and P V inside windows, proj and the MLP, and the patch mergings. Norms,
+    activations and the bias/mask additions are not counted."""
+    c0, p, w0 = config["embed_dim"], config["patch_size"], config["window_size"]
+    side = config["img_size"] // p
+    flops = 2 * side * side * (config["in_chans"] * p * p) * c0
+    for i, depth in enumerate(config["depths"]):
+        c, r = c0 << i, side >> i
+        t, n = r * r, min(w0, r) ** 2
+        if i > 0:
+            flops += 2 * t * (2 * c) * c          # (4 C_prev = 2c) -> c per merged token
+        hidden = c * config["mlp_ratio"]
+        block = 2 * t * c * 3 * c + 2 * 2 * t * n * c + 2 * t * c * c + 2 * 2 * t * c * hidden
+        flops += depth * block
+    return flops
+
+
+def forward_flops(config):
+    """forward_features FLOPs of either backbone (a Swin config has `depths`)."""
+    return swin_forward_flops(config) if "depths" in config else vit_forward_flops(config)
+
+
 def set_threads(n):
     import ace
     ace.set_num_threads(n)

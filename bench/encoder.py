@@ -1,6 +1,7 @@
 """Inference speed of `Encoder.embed` against the machine's own matmul rate.
 
-    python bench/encoder.py [--preset vit_tiny] [--batch 32] [--threads 2] [--precision auto]
+    python bench/encoder.py [--preset vit_tiny|swin_tiny|...] [--batch 32] [--threads 2] [--precision auto]
+                            [--img-size 224] [--window-size W (Swin)]
 
 Prints images/s, the sgemm GFLOP/s measured in the same run, and the fraction of that
 rate the encoder reaches (analytic FLOPs / time / sgemm rate).
@@ -13,7 +14,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ace  # noqa: E402
-from common import matmul_rates, set_threads, timed, vit_forward_flops  # noqa: E402
+from common import forward_flops, matmul_rates, set_threads, timed  # noqa: E402
 
 
 def main():
@@ -23,10 +24,11 @@ def main():
     ap.add_argument("--img-size", type=int, default=224)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    ap.add_argument("--window-size", type=int, help="Swin window (default: the preset's 7)")
     args = ap.parse_args()
     set_threads(args.threads)
 
-    enc = ace.Encoder(args.preset, img_size=args.img_size, precision=args.precision)
+    enc = ace.Encoder(args.preset, img_size=args.img_size, precision=args.precision, window_size=args.window_size)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (args.batch, args.img_size, args.img_size), dtype=np.uint8)
     x = enc.preprocess(images)
@@ -34,7 +36,7 @@ def main():
     rates = matmul_rates()
     t_forward = timed(lambda: enc.forward_features(x))
     t_embed = timed(lambda: enc.embed(images, batch_size=args.batch))
-    flops = vit_forward_flops(enc.config) * args.batch
+    flops = forward_flops(enc.config) * args.batch
     achieved = flops / t_forward / 1e9
 
     rate = rates[enc.precision]

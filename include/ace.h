@@ -19,7 +19,9 @@ int32_t ace_get_num_threads(void);
 int32_t ace_gemm(int32_t trans_a, int32_t trans_b, int64_t m, int64_t n, int64_t k,
                  const float *a, const float *b, float *c, const char *precision /* NULL: fp32 */);
 
-/* Encoders (timm-style Vision Transformers). */
+/* Encoders: timm-style Vision Transformers (vit_*) or Swin Transformers (swin_*; a config with
+   "depths"; files with "backbone": "swin" in the metadata). forward_features writes
+   (B, 1 + h*w, C) for a ViT (class token first), (B, g*g, C_final) for a Swin (final grid). */
 int32_t ace_encoder_create(const char *preset, int32_t in_chans, int32_t img_size,
                            float drop_path, uint64_t seed, void **out);
 int32_t ace_encoder_create_from_json(const char *config_json, uint64_t seed, void **out);

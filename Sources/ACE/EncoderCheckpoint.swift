@@ -20,6 +20,12 @@ extension VisionTransformer {
     /// Loads an encoder file, or the teacher encoder of a training checkpoint.
     public static func load(from path: String) throws -> VisionTransformer {
         let (metadata, entries) = try Safetensors.read(path)
+        return try load(metadata: metadata, entries: entries, path: path)
+    }
+
+    /// As `load(from:)`, from a file already read.
+    static func load(metadata: [String: String], entries: [String: Safetensors.Entry],
+                     path: String) throws -> VisionTransformer {
         let isRun = metadata["format"] == Trainer.checkpointFormat
         guard let json = isRun ? metadata["encoder_config"] : metadata["config"] else {
             throw ACEError("checkpoint \(path) has no encoder config in its metadata")
@@ -43,18 +49,25 @@ extension VisionTransformer {
 
     /// Replaces every parameter; names, shapes and the set of tensors must match exactly.
     public func loadState(_ state: [String: (shape: [Int], values: [Float])], source: String) throws {
-        let expected = Set(parameters.map(\.name)), given = Set(state.keys)
-        let missing = expected.subtracting(given).sorted(), unexpected = given.subtracting(expected).sorted()
-        try require(missing.isEmpty && unexpected.isEmpty,
-                    "\(source) does not match the encoder: missing \(missing), unexpected \(unexpected)")
-        for p in parameters {
-            let t = state[p.name]!
-            try require(t.shape == p.shape, "\(source): tensor '\(p.name)' has shape \(t.shape), expected \(p.shape)")
-            try require(t.values.allSatisfy { $0.isFinite }, "\(source): tensor '\(p.name)' contains NaN or infinite values")
-        }
-        for p in parameters {
-            state[p.name]!.values.withUnsafeBufferPointer { p.value.data.update(from: $0.baseAddress!, count: p.count) }
-        }
+        try loadParameters(parameters, from: state, source: source)
+    }
+}
+
+/// Replaces every parameter of an encoder; names, shapes and the set of tensors must match
+/// exactly, and every value must be finite (checked before anything is changed).
+func loadParameters(_ parameters: [Parameter], from state: [String: (shape: [Int], values: [Float])],
+                    source: String) throws {
+    let expected = Set(parameters.map(\.name)), given = Set(state.keys)
+    let missing = expected.subtracting(given).sorted(), unexpected = given.subtracting(expected).sorted()
+    try require(missing.isEmpty && unexpected.isEmpty,
+                "\(source) does not match the encoder: missing \(missing), unexpected \(unexpected)")
+    for p in parameters {
+        let t = state[p.name]!
+        try require(t.shape == p.shape, "\(source): tensor '\(p.name)' has shape \(t.shape), expected \(p.shape)")
+        try require(t.values.allSatisfy { $0.isFinite }, "\(source): tensor '\(p.name)' contains NaN or infinite values")
+    }
+    for p in parameters {
+        state[p.name]!.values.withUnsafeBufferPointer { p.value.data.update(from: $0.baseAddress!, count: p.count) }
     }
 }
 

@@ -1,14 +1,15 @@
-/// LayerNorm over the last dimension, eps 1e-6 as in timm's ViT.
+/// LayerNorm over the last dimension, eps 1e-6 as in timm's ViT (Swin uses PyTorch's 1e-5).
 public final class LayerNorm {
     public let weight: Parameter
     public let bias: Parameter
     public let dim: Int
-    public let eps: Float = 1e-6
+    public let eps: Float
     private let xhat = Tensor([0])
     private let rstd = Tensor([0])
 
-    public init(_ name: String, _ dim: Int) {
+    public init(_ name: String, _ dim: Int, eps: Float = 1e-6) {
         self.dim = dim
+        self.eps = eps
         weight = Parameter("\(name).weight", [dim], decays: false)
         bias = Parameter("\(name).bias", [dim], decays: false)
         weight.value.data.update(repeating: 1, count: dim)

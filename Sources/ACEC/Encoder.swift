@@ -6,7 +6,7 @@ import Glibc
 /// concurrently (the GIL is released during calls) and must wait for each other instead of
 /// racing. Encoders that belong to a trainer share the trainer's lock.
 final class EncoderHandle {
-    let model: VisionTransformer
+    let model: any TokenEncoder
     let lock: Lock
     let configJSON: UnsafeMutablePointer<CChar>
     /// Parameter names as C strings, alive as long as the handle.
@@ -19,7 +19,7 @@ final class EncoderHandle {
 
     /// A standalone encoder computes in the machine's automatic precision; a trainer's
     /// encoders keep the precision the trainer set.
-    init(_ model: VisionTransformer, lock: Lock? = nil) {
+    init(_ model: any TokenEncoder, lock: Lock? = nil) {
         self.model = model
         if lock == nil { model.precision = .automatic }
         self.lock = lock ?? Lock()
@@ -60,9 +60,8 @@ public func ace_encoder_create(_ preset: UnsafePointer<CChar>?, _ inChans: Int32
                                _ dropPath: Float, _ seed: UInt64,
                                _ out: UnsafeMutablePointer<UnsafeMutableRawPointer?>?) -> Int32 {
     guarded {
-        let config = try ViTConfig(preset: try string(preset, "preset"), inChans: Int(inChans),
-                                   imgSize: Int(imgSize), dropPath: dropPath)
-        let model = try VisionTransformer(config, seed: seed)
+        let model = try makeEncoder(preset: try string(preset, "preset"), inChans: Int(inChans),
+                                    imgSize: Int(imgSize), dropPath: dropPath, seed: seed)
         out?.pointee = Unmanaged.passRetained(EncoderHandle(model)).toOpaque()
     }
 }
@@ -71,8 +70,8 @@ public func ace_encoder_create(_ preset: UnsafePointer<CChar>?, _ inChans: Int32
 public func ace_encoder_create_from_json(_ json: UnsafePointer<CChar>?, _ seed: UInt64,
                                          _ out: UnsafeMutablePointer<UnsafeMutableRawPointer?>?) -> Int32 {
     guarded {
-        let config = try VisionTransformer.config(fromJSON: try string(json, "config"))
-        out?.pointee = Unmanaged.passRetained(EncoderHandle(try VisionTransformer(config, seed: seed))).toOpaque()
+        let model = try makeEncoder(configJSON: try string(json, "config"), seed: seed)
+        out?.pointee = Unmanaged.passRetained(EncoderHandle(model)).toOpaque()
     }
 }
 
@@ -80,7 +79,7 @@ public func ace_encoder_create_from_json(_ json: UnsafePointer<CChar>?, _ seed: 
 public func ace_encoder_load(_ path: UnsafePointer<CChar>?,
                              _ out: UnsafeMutablePointer<UnsafeMutableRawPointer?>?) -> Int32 {
     guarded {
-        let model = try VisionTransformer.load(from: try string(path, "path"))
+        let model = try loadEncoder(from: try string(path, "path"))
         out?.pointee = Unmanaged.passRetained(EncoderHandle(model)).toOpaque()
     }
 }
@@ -160,7 +159,8 @@ public func ace_encoder_set_tensor(_ h: UnsafeMutableRawPointer?, _ i: Int32,
     }
 }
 
-/// x (B, C, H, W) -> out (B, 1 + h*w, embed_dim); outCount must equal that size.
+/// x (B, C, H, W) -> out (B, T, C): (B, 1 + h*w, embed_dim) for a ViT, (B, g*g, C_final) for a
+/// Swin; outCount must equal that size.
 @_cdecl("ace_encoder_forward_features")
 public func ace_encoder_forward_features(_ h: UnsafeMutableRawPointer?, _ x: UnsafePointer<Float>?,
                                          _ b: Int64, _ c: Int64, _ height: Int64, _ width: Int64,
@@ -205,9 +205,12 @@ public func ace_encoder_forward_attention(_ h: UnsafeMutableRawPointer?, _ x: Un
     guarded {
         let e = try encoder(h)
         guard let x, let out else { throw ACEError("null input or output") }
+        guard let vit = e.model as? VisionTransformer else {
+            throw ACEError("attention maps of the class token need a ViT; a Swin Transformer has no class token")
+        }
         let dims = [b, c, height, width].map { Int($0) }
-        try e.model.checkInputShape(dims)
-        let cfg = e.model.config, tokens = 1 + (dims[2] / cfg.patchSize) * (dims[3] / cfg.patchSize)
+        try vit.checkInputShape(dims)
+        let cfg = vit.config, tokens = 1 + (dims[2] / cfg.patchSize) * (dims[3] / cfg.patchSize)
         guard outCount == Int64(dims[0] * cfg.numHeads * tokens) else {
             throw ACEError("output buffer holds \(outCount) values, the attention has \(dims[0] * cfg.numHeads * tokens)")
         }
@@ -215,8 +218,8 @@ public func ace_encoder_forward_attention(_ h: UnsafeMutableRawPointer?, _ x: Un
             let input = Tensor(dims)
             input.data.update(from: x, count: input.count)
             e.lastOutputCount = 0
-            try e.model.infer(input)
-            let a = e.model.classAttention()
+            try vit.infer(input)
+            let a = vit.classAttention()
             out.update(from: a.data, count: a.count)
         }
     }
@@ -241,7 +244,7 @@ public func ace_encoder_backward(_ h: UnsafeMutableRawPointer?, _ dy: UnsafePoin
             for i in 0..<count where !dy[i].isFinite { throw ACEError("gradient contains NaN or infinite values") }
             let grad = Tensor(expected)
             grad.data.update(from: dy, count: count)
-            e.model.backward(grad)
+            e.model.backward(grad, inputGrad: nil)
             e.lastOutputCount = 0
         }
     }

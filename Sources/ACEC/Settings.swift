@@ -6,10 +6,11 @@ import Glibc
 @_cdecl("ace_pretrain_config_defaults")
 public func ace_pretrain_config_defaults() -> UnsafePointer<CChar>? { UnsafePointer(pretrainDefaults) }
 
-/// The encoder presets, as a JSON list of names.
+/// The encoder presets (ViT and Swin), as a JSON list of names.
 @_cdecl("ace_presets")
 public func ace_presets() -> UnsafePointer<CChar>? { UnsafePointer(presetNames) }
 
 private let pretrainDefaults: UnsafeMutablePointer<CChar> = strdup(PretrainConfig.defaultsJSON)!
 private let presetNames: UnsafeMutablePointer<CChar> =
-    strdup("[" + ViTConfig.presets.keys.sorted().map { "\"\($0)\"" }.joined(separator: ", ") + "]")!
+    strdup("[" + (ViTConfig.presets.keys.sorted() + SwinConfig.presets.keys.sorted())
+        .map { "\"\($0)\"" }.joined(separator: ", ") + "]")!

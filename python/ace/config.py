@@ -16,7 +16,11 @@ from . import _native
 from .errors import ACEError
 from .validate import FLOAT32_MAX, INT32_MAX, require_choice, require_float, require_int
 
-PRESETS = tuple(json.loads(_native.presets()))
+# Encoder presets, as the core lists them: ViTs (trainable by ACE pretraining) and Swin
+# Transformers (timm's swin_*_patch4_window7; not yet trainable by ACE pretraining).
+_ALL_PRESETS = tuple(json.loads(_native.presets()))
+PRESETS = tuple(p for p in _ALL_PRESETS if p.startswith("vit"))
+SWIN_PRESETS = tuple(p for p in _ALL_PRESETS if p.startswith("swin"))
 LOSSES = ("global", "comp", "decomp")
 _CORE_DEFAULTS = json.loads(_native.pretrain_config_defaults())
 

@@ -1,11 +1,11 @@
-"""`ace.Encoder`: a Vision Transformer whose numerics run in the Swift core."""
+"""`ace.Encoder`: a Vision Transformer or Swin Transformer whose numerics run in the Swift core."""
 import json
 import os
 
 import numpy as np
 
 from . import _native
-from .config import PRESETS
+from .config import PRESETS, SWIN_PRESETS
 from .errors import ACEError
 from .preprocess import JSRT_MEAN, JSRT_STD, check_image_size, resize, to_channels, to_unit_float
 from .validate import (INT32_MAX, UINT64_MAX, require_choice, require_float, require_int, require_path,
@@ -13,25 +13,45 @@ from .validate import (INT32_MAX, UINT64_MAX, require_choice, require_float, req
 
 
 class Encoder:
-    """A timm-compatible ViT (patch 16, class token, learned position embedding).
+    """A timm-compatible ViT (patch 16, class token, learned position embedding) or Swin
+    Transformer (presets `swin_*`: patch 4, window 7, no class token; the image embedding is
+    the mean of the final tokens).
 
     Parameters follow timm's names, so `state_dict()` loads into
-    `timm.create_model("vit_tiny_patch16_224", in_chans=1, num_classes=0)` and the like.
+    `timm.create_model("vit_tiny_patch16_224", in_chans=1, num_classes=0)`,
+    `timm.create_model("swin_tiny_patch4_window7_224", in_chans=1, num_classes=0)` and the like.
     One encoder is used by one thread at a time; concurrent calls wait for each other.
     """
 
     def __init__(self, preset="vit_tiny", *, in_chans=1, img_size=224, drop_path=0.0, seed=0,
-                 mean=JSRT_MEAN, std=JSRT_STD, precision="auto"):
-        if not isinstance(preset, str) or preset not in PRESETS:
-            raise ACEError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+                 mean=JSRT_MEAN, std=JSRT_STD, precision="auto", window_size=None):
+        if not isinstance(preset, str) or preset not in PRESETS + SWIN_PRESETS:
+            raise ACEError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS + SWIN_PRESETS)}")
         # Types and int32/uint64 bounds here; the core checks the ranges (in_chans 1 or 3,
         # img_size a multiple of the patch up to its limit, drop_path in [0, 1)).
-        self._native = _native.Encoder(preset, require_int("in_chans", in_chans, 1, INT32_MAX),
-                                       require_int("img_size", img_size, 1, INT32_MAX),
-                                       require_float("drop_path", drop_path),
-                                       require_int("seed", seed, 0, UINT64_MAX))
+        args = (require_int("in_chans", in_chans, 1, INT32_MAX), require_int("img_size", img_size, 1, INT32_MAX),
+                require_float("drop_path", drop_path), require_int("seed", seed, 0, UINT64_MAX))
+        if window_size is None:
+            self._native = _native.Encoder(preset, *args)
+        elif preset not in SWIN_PRESETS:
+            raise ACEError(f"window_size applies to Swin presets ({', '.join(SWIN_PRESETS)}), not {preset!r}")
+        else:
+            # A Swin of another window (e.g. 256 px input with window 8: an 8x8 final grid): the
+            # preset's config at timm's geometry, then the chosen one, validated by the core.
+            config = json.loads(_native.Encoder(preset, args[0], 224, args[2], args[3]).config_json())
+            config.update(img_size=args[1], window_size=require_int("window_size", window_size, 1, INT32_MAX))
+            self._native = _native.encoder_from_json(json.dumps(config), args[3])
         self._init_common(mean, std)
         self.precision = precision
+
+    @classmethod
+    def from_config(cls, config, *, seed=0, mean=JSRT_MEAN, std=JSRT_STD):
+        """An encoder from a config dict as `config` returns it (e.g. a Swin with its own
+        embed_dim, depths, num_heads, window_size, img_size); the core validates it."""
+        if not isinstance(config, dict):
+            raise ACEError(f"config must be a dict, got {type(config).__name__}")
+        native = _native.encoder_from_json(json.dumps(config), require_int("seed", seed, 0, UINT64_MAX))
+        return cls._wrap(native, mean, std)
 
     @classmethod
     def _wrap(cls, native, mean=JSRT_MEAN, std=JSRT_STD, default_features="cls"):
@@ -46,10 +66,13 @@ class Encoder:
         # The representation the encoder's pretraining shapes: the mean of the patch tokens for
         # ACE (its losses never touch the class token), the class token for DINO-style and
         # timm-style encoders. Probes use it for features="default".
-        self.default_features = default_features
         # Shape of the last forward_train output: what backward expects (None: no pending one).
         self._pending_shape = None
         self._config = json.loads(self._native.config_json())
+        self.is_swin = "depths" in self._config
+        if self.is_swin:
+            default_features = "mean"      # no class token
+        self.default_features = default_features
         self._tensors = self._native.tensors()
         self._index = {name: i for i, (name, _) in enumerate(self._tensors)}
 
@@ -198,14 +221,33 @@ class Encoder:
         cfg = self._config
         if x.ndim != 4:
             raise ACEError(f"input must be (B, in_chans, H, W), got shape {x.shape}")
-        p = cfg["patch_size"]
-        h, w = x.shape[2] // p, x.shape[3] // p
         self._pending_shape = None        # the core discards a pending backward on any forward
-        out = np.empty((x.shape[0], 1 + h * w, cfg["embed_dim"]), np.float32)
+        if self.is_swin:
+            # The core checks the input is img_size square; the output is the final grid.
+            g, dim = self.token_grid, self.width
+            out = np.empty((x.shape[0], g * g, dim), np.float32)
+        else:
+            p = cfg["patch_size"]
+            h, w = x.shape[2] // p, x.shape[3] // p
+            out = np.empty((x.shape[0], 1 + h * w, cfg["embed_dim"]), np.float32)
         self._native.forward_features(np.ascontiguousarray(x), out, train)
         if train:
             self._pending_shape = out.shape
         return out
+
+    @property
+    def token_grid(self):
+        """Side of the token grid of an img_size input (Swin: the final stage's)."""
+        cfg = self._config
+        if self.is_swin:
+            return cfg["img_size"] // (cfg["patch_size"] << (len(cfg["depths"]) - 1))
+        return cfg["img_size"] // cfg["patch_size"]
+
+    @property
+    def width(self):
+        """Width of the output tokens (Swin: embed_dim * 2^(stages - 1))."""
+        cfg = self._config
+        return cfg["embed_dim"] << (len(cfg["depths"]) - 1) if self.is_swin else cfg["embed_dim"]
 
     def preprocess(self, images):
         """uint8/uint16/float images (B, H, W) or (B, H, W, C) -> normalized float32
@@ -216,18 +258,22 @@ class Encoder:
         return (x - self.mean) / self.std
 
     def embed(self, images, batch_size=64):
-        """Images -> (cls (B, C), tokens (B, h, w, C)) float32, in batches."""
+        """Images -> (cls (B, C), tokens (B, h, w, C)) float32, in batches. A Swin has no class
+        token: its first output is the mean of the final tokens (timm's average pool)."""
         batch_size = require_int("batch_size", batch_size, 1, INT32_MAX)
         images = self._check_images(images)
-        cfg = self._config
-        g = cfg["img_size"] // cfg["patch_size"]
+        g, dim = self.token_grid, self.width
         try:
-            cls = np.empty((len(images), cfg["embed_dim"]), np.float32)
-            tokens = np.empty((len(images), g, g, cfg["embed_dim"]), np.float32)
+            cls = np.empty((len(images), dim), np.float32)
+            tokens = np.empty((len(images), g, g, dim), np.float32)
             for start in range(0, len(images), batch_size):
                 feats = self.forward_features(self.preprocess(images[start:start + batch_size]))
-                cls[start:start + len(feats)] = feats[:, 0]
-                tokens[start:start + len(feats)] = feats[:, 1:].reshape(len(feats), g, g, -1)
+                if self.is_swin:
+                    cls[start:start + len(feats)] = feats.mean(axis=1)
+                    tokens[start:start + len(feats)] = feats.reshape(len(feats), g, g, -1)
+                else:
+                    cls[start:start + len(feats)] = feats[:, 0]
+                    tokens[start:start + len(feats)] = feats[:, 1:].reshape(len(feats), g, g, -1)
         except MemoryError as e:
             # NumPy and Pillow may raise it without a message.
             raise MemoryError(f"out of memory embedding images of shape {images.shape} "

@@ -20,9 +20,21 @@ TIMM_ARCHITECTURES = {
     "vit_tiny": "vit_tiny_patch16_224",
     "vit_small": "vit_small_patch16_224",
     "vit_base": "vit_base_patch16_224",
+    "swin_nano": "swin_tiny_patch4_window7_224",   # as vit_nano: tiny with size arguments
+    "swin_tiny": "swin_tiny_patch4_window7_224",
+    "swin_small": "swin_small_patch4_window7_224",
+    "swin_base": "swin_base_patch4_window7_224",
 }
-TIMM_SIZES = {"vit_tiny_patch16_224": (192, 12, 3), "vit_small_patch16_224": (384, 12, 6),
-              "vit_base_patch16_224": (768, 12, 12)}
+# The size arguments of each architecture, as timm's defaults (only differing ones are printed).
+TIMM_SIZES = {"vit_tiny_patch16_224": {"embed_dim": 192, "depth": 12, "num_heads": 3},
+              "vit_small_patch16_224": {"embed_dim": 384, "depth": 12, "num_heads": 6},
+              "vit_base_patch16_224": {"embed_dim": 768, "depth": 12, "num_heads": 12},
+              "swin_tiny_patch4_window7_224": {"embed_dim": 96, "depths": [2, 2, 6, 2],
+                                               "num_heads": [3, 6, 12, 24], "window_size": 7},
+              "swin_small_patch4_window7_224": {"embed_dim": 96, "depths": [2, 2, 18, 2],
+                                                "num_heads": [3, 6, 12, 24], "window_size": 7},
+              "swin_base_patch4_window7_224": {"embed_dim": 128, "depths": [2, 2, 18, 2],
+                                               "num_heads": [4, 8, 16, 32], "window_size": 7}}
 
 
 def export_timm(checkpoint, out_dir, which=None):
@@ -70,13 +82,19 @@ def timm_config(enc, which, source):
     c = enc.config
     size = c["img_size"]
     pool = {"mean": {"global_pool": "avg", "fc_norm": False}, "cls": {"global_pool": "token"}}[enc.default_features]
+    if "depths" in c:      # Swin: no class token, its pooled output is the mean of the final tokens
+        pool = {"global_pool": "avg"}
+        sizes = {"depths": c["depths"], "num_heads": c["num_heads"], "window_size": c["window_size"]}
+        width = c["embed_dim"] << (len(c["depths"]) - 1)
+    else:
+        sizes = {"depth": c["depth"], "num_heads": c["num_heads"]}
+        width = c["embed_dim"]
     model_args = {"img_size": size, "patch_size": c["patch_size"], "in_chans": c["in_chans"],
-                  "embed_dim": c["embed_dim"], "depth": c["depth"], "num_heads": c["num_heads"],
-                  "mlp_ratio": float(c["mlp_ratio"]), **pool}
+                  "embed_dim": c["embed_dim"], **sizes, "mlp_ratio": float(c["mlp_ratio"]), **pool}
     return {
         "architecture": TIMM_ARCHITECTURES[c["preset"]],
         "num_classes": 0,
-        "num_features": c["embed_dim"],
+        "num_features": width,
         "global_pool": pool["global_pool"],
         "model_args": model_args,
         "pretrained_cfg": {
@@ -95,7 +113,7 @@ def load_commands(out_dir, config):
     kwargs = {"in_chans": args["in_chans"], "num_classes": 0, "global_pool": args["global_pool"]}
     if "fc_norm" in args:
         kwargs["fc_norm"] = args["fc_norm"]
-    sizes = dict(zip(("embed_dim", "depth", "num_heads"), TIMM_SIZES[arch]))
+    sizes = TIMM_SIZES[arch]
     kwargs.update({key: args[key] for key in sizes if args[key] != sizes[key]})
     if args["img_size"] != 224:
         kwargs["img_size"] = args["img_size"]

@@ -882,7 +882,8 @@ def segmentation(enc, train, test, mode="linear", shots=None, structures=None, C
     if shots is not None:
         order = order[:require_int("shots", shots, 1, len(x_train))]
     cfg = enc.config
-    grid = (cfg["img_size"] // cfg["patch_size"],) * 2
+    # The token grid: img_size / patch for a ViT, the final stage's grid for a Swin.
+    grid = (getattr(enc, "token_grid", None) or cfg["img_size"] // cfg["patch_size"],) * 2
     if mode == "finetune":
         fractions = np.stack([_area_fraction(m[order], grid) for m in m_train.values()], axis=-1)
         probs = _finetune(enc, x_train[order], fractions, x_test, seed=seed, **finetune)
@@ -936,7 +937,9 @@ def _finetune(enc, images, fractions, test_images, *, epochs=20, batch=8, lr=1e-
     x = model.preprocess(images)
     n, s = len(x), fractions.shape[-1]
     y = fractions.reshape(n, -1, s)
-    head = {"w": np.zeros((model.config["embed_dim"], s)), "b": np.zeros(s)}
+    # A ViT's output starts with its class token; a Swin's holds only the final grid.
+    first = 0 if getattr(model, "is_swin", False) else 1
+    head = {"w": np.zeros((model.width, s)), "b": np.zeros(s)}
     adam = {k: (np.zeros_like(v), np.zeros_like(v)) for k, v in head.items()}
     rng = np.random.default_rng(seed)
     step = 0
@@ -945,11 +948,11 @@ def _finetune(enc, images, fractions, test_images, *, epochs=20, batch=8, lr=1e-
         for start in range(0, n, batch):
             idx = order[start:start + batch]
             feats = model.forward_train(x[idx])
-            tokens = feats[:, 1:].astype(np.float64)
+            tokens = feats[:, first:].astype(np.float64)
             prob = 1 / (1 + np.exp(-(tokens @ head["w"] + head["b"])))
             d_logits = (prob - y[idx]) / prob.size
             d_feats = np.zeros_like(feats)
-            d_feats[:, 1:] = d_logits @ head["w"].T
+            d_feats[:, first:] = d_logits @ head["w"].T
             model.backward(d_feats)
             model.adamw_step(lr, weight_decay)
             step += 1

@@ -87,4 +87,4 @@ def test_fields_and_defaults_are_the_cores():
             assert ours[key] == pytest.approx(value, rel=1e-6), key
         else:
             assert ours[key] == value, key
-    assert set(json.loads(ace._native.presets())) == set(ace.config.PRESETS)
+    assert set(json.loads(ace._native.presets())) == set(ace.config.PRESETS + ace.config.SWIN_PRESETS)

@@ -1,0 +1,57 @@
+import FoundationEssentials
+
+/// What the C ABI and the tools need from an encoder backbone (ViT or Swin): images
+/// (B, in_chans, H, W) in, tokens (B, T, C) out after the final norm, explicit backward,
+/// timm-named parameters, encoder files.
+public protocol TokenEncoder: AnyObject {
+    var parameters: [Parameter] { get }
+    var configJSON: String { get }
+    /// The output of the last forward.
+    var output: Tensor { get }
+    var precision: Precision { get set }
+    func checkInputShape(_ s: [Int]) throws
+    func forward(_ x: Tensor, training: Bool, rng: inout RNG) throws -> Tensor
+    /// Inference forward; no backward may follow.
+    func infer(_ x: Tensor) throws -> Tensor
+    func backward(_ dy: Tensor, inputGrad dx: Tensor?)
+    func zeroGrad()
+    func save(to path: String, extraMetadata: [String: String]) throws
+}
+
+extension VisionTransformer: TokenEncoder {}
+extension SwinTransformer: TokenEncoder {}
+
+/// An encoder of a named preset: `swin_*` presets are Swin Transformers (window 7), the
+/// others ViTs.
+public func makeEncoder(preset: String, inChans: Int, imgSize: Int, dropPath: Float,
+                        seed: UInt64) throws -> any TokenEncoder {
+    if SwinConfig.presets[preset] != nil {
+        return try SwinTransformer(SwinConfig(preset: preset, inChans: inChans, imgSize: imgSize, dropPath: dropPath),
+                                   seed: seed)
+    }
+    guard ViTConfig.presets[preset] != nil else {
+        let known = (ViTConfig.presets.keys.sorted() + SwinConfig.presets.keys.sorted()).joined(separator: ", ")
+        throw ACEError("unknown preset '\(preset)'; choose one of \(known)")
+    }
+    return try VisionTransformer(ViTConfig(preset: preset, inChans: inChans, imgSize: imgSize, dropPath: dropPath),
+                                 seed: seed)
+}
+
+/// An encoder from its config JSON: a Swin config has `depths`, a ViT config `depth`.
+public func makeEncoder(configJSON json: String, seed: UInt64) throws -> any TokenEncoder {
+    struct Kind: Decodable { var depths: [Int]? }
+    if let kind = try? JSONDecoder().decode(Kind.self, from: Data(json.utf8)), kind.depths != nil {
+        return try SwinTransformer(SwinTransformer.config(fromJSON: json), seed: seed)
+    }
+    return try VisionTransformer(VisionTransformer.config(fromJSON: json), seed: seed)
+}
+
+/// Loads an encoder file of either backbone (metadata `backbone: swin` for Swin), or the
+/// teacher encoder of a training checkpoint.
+public func loadEncoder(from path: String) throws -> any TokenEncoder {
+    let (metadata, entries) = try Safetensors.read(path)
+    if metadata["backbone"] == SwinTransformer.backboneName {
+        return try SwinTransformer.load(metadata: metadata, entries: entries, path: path)
+    }
+    return try VisionTransformer.load(metadata: metadata, entries: entries, path: path)
+}
