@@ -32,21 +32,28 @@ public func parallelWorkers(_ n: Int, minPerChunk: Int = 16, workers: Int = work
 
 /// sums[j] += sum over rows of x[r, j] (times y[r, j] when given), split over columns: each
 /// column is still summed in row order, so the result does not depend on the number of threads.
+/// Sixteen columns at a time accumulate in one vector register.
 func accumulateColumnSums(_ x: UnsafePointer<Float>, times y: UnsafePointer<Float>? = nil, rows: Int, cols: Int,
                           into sums: UnsafeMutablePointer<Float>) {
-    let width = 64
-    parallelChunks((cols + width - 1) / width, minPerChunk: max(1, (1 << 16) / max(rows * width, 1))) { blocks in
-        for block in blocks {
-            let lo = block * width, hi = min(cols, lo + width)
-            for r in 0..<rows {
-                let row = x + r * cols
-                if let y {
-                    let other = y + r * cols
-                    for j in lo..<hi { sums[j] += row[j] * other[j] }
-                } else {
-                    for j in lo..<hi { sums[j] += row[j] }
+    let blocks = (cols + 15) / 16
+    parallelChunks(blocks, minPerChunk: max(1, (1 << 15) / max(rows * 16, 1))) { range in
+        for block in range {
+            let lo = block * 16
+            guard lo + 16 <= cols else {
+                for j in lo..<cols {   // the last, partial block
+                    var s: Float = 0
+                    for r in 0..<rows { s += x[r * cols + j] * (y?[r * cols + j] ?? 1) }
+                    sums[j] += s
                 }
+                continue
             }
+            var acc = SIMD16<Float>()
+            if let y {
+                for r in 0..<rows { acc += loadSIMD16(x + r * cols + lo) * loadSIMD16(y + r * cols + lo) }
+            } else {
+                for r in 0..<rows { acc += loadSIMD16(x + r * cols + lo) }
+            }
+            for k in 0..<16 { sums[lo + k] += acc[k] }
         }
     }
 }
