@@ -30,30 +30,31 @@ public func parallelWorkers(_ n: Int, minPerChunk: Int = 16, workers: Int = work
     }
 }
 
-/// sums[j] += sum over rows of x[r, j] (times y[r, j] when given), split over columns: each
-/// column is still summed in row order, so the result does not depend on the number of threads.
-/// Sixteen columns at a time accumulate in one vector register.
+/// sums[j] += sum over rows of x[r, j] (times y[r, j] when given). Rows are cut into at most
+/// 16 fixed blocks, each summed in row order (streaming through memory) in parallel, then the
+/// blocks' sums are added in block order: the result does not depend on the number of threads.
 func accumulateColumnSums(_ x: UnsafePointer<Float>, times y: UnsafePointer<Float>? = nil, rows: Int, cols: Int,
                           into sums: UnsafeMutablePointer<Float>) {
-    let blocks = (cols + 15) / 16
-    parallelChunks(blocks, minPerChunk: max(1, (1 << 15) / max(rows * 16, 1))) { range in
-        for block in range {
-            let lo = block * 16
-            guard lo + 16 <= cols else {
-                for j in lo..<cols {   // the last, partial block
-                    var s: Float = 0
-                    for r in 0..<rows { s += x[r * cols + j] * (y?[r * cols + j] ?? 1) }
-                    sums[j] += s
+    let blockRows = max(256, (rows + 15) / 16), blocks = (rows + blockRows - 1) / blockRows
+    var partial = [Float](repeating: 0, count: blocks * cols)
+    partial.withUnsafeMutableBufferPointer { buffer in
+        let partial = buffer.baseAddress!
+        parallelChunks(blocks, minPerChunk: 1) { range in
+            for block in range {
+                let out = partial + block * cols
+                for r in (block * blockRows)..<min(rows, (block + 1) * blockRows) {
+                    let row = x + r * cols
+                    if let y {
+                        let other = y + r * cols
+                        for j in 0..<cols { out[j] += row[j] * other[j] }
+                    } else {
+                        for j in 0..<cols { out[j] += row[j] }
+                    }
                 }
-                continue
             }
-            var acc = SIMD16<Float>()
-            if let y {
-                for r in 0..<rows { acc += loadSIMD16(x + r * cols + lo) * loadSIMD16(y + r * cols + lo) }
-            } else {
-                for r in 0..<rows { acc += loadSIMD16(x + r * cols + lo) }
-            }
-            for k in 0..<16 { sums[lo + k] += acc[k] }
+        }
+        for block in 0..<blocks {
+            for j in 0..<cols { sums[j] += partial[block * cols + j] }
         }
     }
 }
