@@ -132,22 +132,11 @@ public final class SwinTransformer {
         patchEmbed.backward(patches, into: dx)
     }
 
-    private func checkInput(_ x: Tensor) throws {
-        try checkInputShape(x.shape)
-        let n = x.count, d = x.data
-        var finite = true
-        for i in 0..<n where !d[i].isFinite { finite = false; break }
-        try require(finite, "input contains NaN or infinite values")
-    }
-
     /// Checks an input shape (B, in_chans, S, S) against the config and the size limits.
     /// Swin's windows, masks and bias tables are built for one grid: inputs are img_size square.
     public func checkInputShape(_ s: [Int]) throws {
         let size = config.imgSize
-        try require(s.count == 4, "input must be (B, in_chans, H, W), got shape \(s)")
-        try require(s[0] > 0, "empty batch")
-        try Limits.require(s[0], in: 1...Limits.batch, "batch size")
-        try require(s[1] == config.inChans, "input has \(s[1]) channels, the encoder expects \(config.inChans)")
+        try checkBatchLayout(s, inChans: config.inChans)
         try require(s[2] == size && s[3] == size,
                     "input size \(s[2])x\(s[3]) must be the Swin encoder's img_size \(size)x\(size)")
         try Limits.requireMemory(config.activationBytes(batch: s[0]),

@@ -55,3 +55,23 @@ public func loadEncoder(from path: String) throws -> any TokenEncoder {
     }
     return try VisionTransformer.load(metadata: metadata, entries: entries, path: path)
 }
+
+extension TokenEncoder {
+    /// The shape check, then finiteness: what every forward checks first.
+    func checkInput(_ x: Tensor) throws {
+        try checkInputShape(x.shape)
+        let n = x.count, d = x.data
+        var finite = true
+        for i in 0..<n where !d[i].isFinite { finite = false; break }
+        try require(finite, "input contains NaN or infinite values")
+    }
+}
+
+/// (B, in_chans, H, W) with a non-empty batch within the limits: the part of an input shape
+/// check that every backbone shares.
+func checkBatchLayout(_ s: [Int], inChans: Int) throws {
+    try require(s.count == 4, "input must be (B, in_chans, H, W), got shape \(s)")
+    try require(s[0] > 0, "empty batch")
+    try Limits.require(s[0], in: 1...Limits.batch, "batch size")
+    try require(s[1] == inChans, "input has \(s[1]) channels, the encoder expects \(inChans)")
+}

@@ -117,22 +117,11 @@ public final class VisionTransformer {
         patchEmbed.backward(gradPatches, into: dx)
     }
 
-    private func checkInput(_ x: Tensor) throws {
-        try checkInputShape(x.shape)
-        let n = x.count, d = x.data
-        var finite = true
-        for i in 0..<n where !d[i].isFinite { finite = false; break }
-        try require(finite, "input contains NaN or infinite values")
-    }
-
     /// Checks an input shape (B, in_chans, H, W) against the config and the size limits,
     /// before anything of that size is allocated.
     public func checkInputShape(_ s: [Int]) throws {
         let p = config.patchSize
-        try require(s.count == 4, "input must be (B, in_chans, H, W), got shape \(s)")
-        try require(s[0] > 0, "empty batch")
-        try Limits.require(s[0], in: 1...Limits.batch, "batch size")
-        try require(s[1] == config.inChans, "input has \(s[1]) channels, the encoder expects \(config.inChans)")
+        try checkBatchLayout(s, inChans: config.inChans)
         try require(s[2] >= p && s[3] >= p && s[2] % p == 0 && s[3] % p == 0,
                     "input size \(s[2])x\(s[3]) must be a positive multiple of the patch size \(p)")
         try require(s[2] <= Limits.inputSide && s[3] <= Limits.inputSide,

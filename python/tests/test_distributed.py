@@ -23,7 +23,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import ace
+
 WORKER = Path(__file__).with_name("distributed_worker.py")
+# The processes started here import the same `ace` as this one (installed, or the source tree
+# with its built extension), whatever their working folder.
+ACE_PATH = str(Path(ace.__file__).resolve().parents[1])
 TOLERANCE = 1e-4   # |w_2ranks - w_1process| / |w_1process - w_initial| after 20 steps
 
 
@@ -41,7 +46,7 @@ pytestmark = pytest.mark.skipif(missing_mpi() is not None, reason=f"MPI tests sk
 
 
 def run(tmp_path, name, steps, ranks=1, *extra):
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    env = dict(os.environ, PYTHONPATH=ACE_PATH + os.pathsep + os.environ.get("PYTHONPATH", ""),
                OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
     out = tmp_path / f"{name}.npz"
     cmd = [sys.executable, str(WORKER), str(out), str(steps), *map(str, extra)]
@@ -105,7 +110,7 @@ def test_embed_split_across_ranks_is_gathered_in_input_order(tmp_path):
     for i in range(7):      # 7 images over 2 ranks: parts of 3 and 4
         Image.fromarray(rng.integers(0, 256, (80, 90), dtype=np.uint8)).save(folder / f"{i:02d}.png")
     ace.Encoder("vit_nano", img_size=64, seed=1).save(tmp_path / "enc.safetensors")
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, PYTHONPATH=ACE_PATH + os.pathsep + os.environ.get("PYTHONPATH", ""))
     outs = []
     for ranks in (1, 2):
         out = tmp_path / f"e{ranks}.npz"
@@ -131,7 +136,7 @@ def test_a_step_failing_on_one_rank_stops_every_rank_at_that_step(tmp_path):
 def test_a_crash_on_one_rank_ends_the_whole_job(tmp_path):
     """A Python error on rank 1 only: the job ends (MPI_Abort after the report) instead of
     rank 0 waiting forever in the allreduce."""
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, PYTHONPATH=ACE_PATH + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cmd = ["mpiexec", "-n", "2", sys.executable, str(WORKER), str(tmp_path / "x.npz"), "20", "--fail", "1", "3", "crash"]
     r = subprocess.run(cmd, env=env, timeout=120, cwd=tmp_path, capture_output=True, text=True)
     assert r.returncode != 0
@@ -147,7 +152,7 @@ def test_cli_sigterm_stops_both_ranks_cleanly_and_one_process_resumes(tmp_path):
     import signal
     import time
 
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, PYTHONPATH=ACE_PATH + os.pathsep + os.environ.get("PYTHONPATH", ""))
     out = tmp_path / "run"
     cmd = ["mpiexec", "-n", "2", sys.executable, "-m", "ace", "pretrain", "--preset", "vit_nano", "--steps", "30",
            "--batch-size", "2", "--image-size", "256", "--precision", "fp32", "--out", str(out)]
