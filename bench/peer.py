@@ -2,15 +2,17 @@
 (vit_tiny, batch 16, default geometry and DINO head) and inference (vit_tiny
 forward_features, batch 32 at 224), PyTorch eager fp32 and bf16 autocast against ace.
 
-    python bench/peer.py [--torch-python /path/to/python-with-torch-and-timm] [--threads 2]
+    python bench/peer.py [--torch-python /path/to/python-with-torch-and-timm] [--threads 2] [--rounds 3]
 
-Each measurement runs in its own process (so peak memory is its own), one after another.
+Each measurement runs in its own process (so peak memory is its own), one after another,
+alternating the two sides for --rounds rounds.
 PyTorch and timm are not dependencies: without them the PyTorch rows are skipped with a
 message. Also prints the machine's matmul rates and the fraction of the bf16 rate ace reaches.
 """
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 
@@ -40,6 +42,14 @@ def ace_side(mode, precision, threads):
     return {"images_per_s": batch / seconds, "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
+def median_result(runs):
+    """(the run with the median images/s, error) of one side's rounds; peak memory the largest."""
+    good = sorted((r for r, _ in runs if r), key=lambda r: r["images_per_s"])
+    if not good:
+        return None, runs[-1][1]
+    return dict(good[len(good) // 2], peak_mib=max(r["peak_mib"] for r in good)), None
+
+
 def run(cmd):
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
@@ -52,6 +62,9 @@ def main():
     ap.add_argument("--torch-python", default=sys.executable,
                     help="interpreter with torch and timm installed (default: this one)")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="measurements of each side, alternating ace and PyTorch; medians are printed, and the "
+                         "ratio is the median of the per-round ratios (the machine's speed drifts between runs)")
     ap.add_argument("--side", choices=["ace"], help=argparse.SUPPRESS)
     ap.add_argument("--mode", choices=["infer", "step"], help=argparse.SUPPRESS)
     ap.add_argument("--precision", help=argparse.SUPPRESS)
@@ -69,15 +82,18 @@ def main():
     if not have_torch:
         print(f"PyTorch rows skipped: {args.torch_python} cannot import torch and timm "
               "(install them in a separate environment and pass --torch-python)")
-    results = {}
-    for mode in ("infer", "step"):
-        for precision in ("fp32", "bf16"):
-            results[("ace", mode, precision)] = run([sys.executable, __file__, "--side", "ace", "--mode", mode,
-                                                     "--precision", precision, "--threads", str(args.threads)])
-            if have_torch:
-                results[("torch", mode, precision)] = run(
-                    [args.torch_python, os.path.join(HERE, "torch_peer.py"), "--mode", mode,
-                     "--precision", precision, "--threads", str(args.threads)])
+    rounds = {}
+    for _ in range(max(1, args.rounds)):
+        for mode in ("infer", "step"):
+            for precision in ("fp32", "bf16"):
+                rounds.setdefault(("ace", mode, precision), []).append(
+                    run([sys.executable, __file__, "--side", "ace", "--mode", mode, "--precision", precision,
+                         "--threads", str(args.threads)]))
+                if have_torch:
+                    rounds.setdefault(("torch", mode, precision), []).append(run(
+                        [args.torch_python, os.path.join(HERE, "torch_peer.py"), "--mode", mode,
+                         "--precision", precision, "--threads", str(args.threads)]))
+    results = {key: median_result(runs) for key, runs in rounds.items()}
 
     print(f"{args.threads} threads; matmul rates measured now: sgemm {rates['fp32']:.0f} GFLOP/s, "
           f"bf16 {rates['bf16']:.0f} GFLOP/s")
@@ -92,10 +108,12 @@ def main():
         achieved = vit_forward_flops(cfg) * best["images_per_s"] / 1e9
         print(f"ace bf16 inference: {achieved:.0f} GFLOP/s = {achieved / rates['bf16']:.2f} of the bf16 matmul rate")
     for mode in ("infer", "step"):
-        ours, theirs = results[("ace", mode, "bf16")][0], results.get(("torch", mode, "bf16"), (None, None))[0]
-        if ours and theirs:
-            print(f"{names[mode]}: ace bf16 / PyTorch bf16 autocast = {ours['images_per_s'] / theirs['images_per_s']:.2f}x "
-                  f"(memory {ours['peak_mib'] / theirs['peak_mib']:.2f}x)")
+        ours, theirs = rounds[("ace", mode, "bf16")], rounds.get(("torch", mode, "bf16"), [])
+        ratios = [a["images_per_s"] / b["images_per_s"] for (a, _), (b, _) in zip(ours, theirs) if a and b]
+        if ratios:
+            memory = results[("ace", mode, "bf16")][0]["peak_mib"] / results[("torch", mode, "bf16")][0]["peak_mib"]
+            print(f"{names[mode]}: ace bf16 / PyTorch bf16 autocast = {statistics.median(ratios):.2f}x "
+                  f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)}; memory {memory:.2f}x)")
 
 
 if __name__ == "__main__":
