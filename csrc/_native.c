@@ -161,13 +161,13 @@ static PyObject *Encoder_set_tensor(EncoderObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* forward_features(x, out[, train]): x float32 (B, C, H, W); out float32 (B, 1 + h*w,
- * embed_dim), allocated by the caller, which knows the config. The core checks every size.
- * train=True runs the training forward (drop path, activations kept for backward). */
-static PyObject *Encoder_forward_features(EncoderObject *self, PyObject *args) {
-    PyObject *xo, *oo;
-    int train = 0;
-    if (!check_handle(self) || !PyArg_ParseTuple(args, "OO|p", &xo, &oo, &train)) return NULL;
+/* The core's calls that map images to an output buffer: forward_features, forward_train,
+ * forward_attention. */
+typedef int32_t (*ImageCall)(void *, const float *, int64_t, int64_t, int64_t, int64_t, float *, int64_t);
+
+/* fn on x float32 (B, C, H, W) into out, a writable C-contiguous float32 array the caller
+ * allocated (it knows the config), with the GIL released. The core checks every size. */
+static PyObject *call_on_images(EncoderObject *self, ImageCall fn, PyObject *xo, PyObject *oo) {
     if (!PyArray_Check(oo) || PyArray_TYPE((PyArrayObject *)oo) != NPY_FLOAT32 ||
         !PyArray_ISCARRAY((PyArrayObject *)oo)) {
         PyErr_SetString(ACEError, "out must be a writable C-contiguous float32 array");
@@ -179,35 +179,28 @@ static PyObject *Encoder_forward_features(EncoderObject *self, PyObject *args) {
     npy_intp *s = PyArray_DIMS(x);
     int32_t status;
     Py_BEGIN_ALLOW_THREADS
-    status = (train ? ace_encoder_forward_train : ace_encoder_forward_features)(
-        self->handle, PyArray_DATA(x), s[0], s[1], s[2], s[3], PyArray_DATA(out), PyArray_SIZE(out));
+    status = fn(self->handle, PyArray_DATA(x), s[0], s[1], s[2], s[3], PyArray_DATA(out), PyArray_SIZE(out));
     Py_END_ALLOW_THREADS
     Py_DECREF(x);
     if (status) return raise_core_error();
     Py_RETURN_NONE;
 }
 
-/* forward_attention(x, out): x float32 (B, C, H, W); out float32 (B, heads, 1 + h*w), the last
- * block's attention of the class token's query, allocated by the caller. */
+/* forward_features(x, out[, train]): out float32 (B, 1 + h*w, embed_dim). train=True runs the
+ * training forward (drop path, activations kept for backward). */
+static PyObject *Encoder_forward_features(EncoderObject *self, PyObject *args) {
+    PyObject *xo, *oo;
+    int train = 0;
+    if (!check_handle(self) || !PyArg_ParseTuple(args, "OO|p", &xo, &oo, &train)) return NULL;
+    return call_on_images(self, train ? ace_encoder_forward_train : ace_encoder_forward_features, xo, oo);
+}
+
+/* forward_attention(x, out): out float32 (B, heads, 1 + h*w), the last block's attention of the
+ * class token's query. */
 static PyObject *Encoder_forward_attention(EncoderObject *self, PyObject *args) {
     PyObject *xo, *oo;
     if (!check_handle(self) || !PyArg_ParseTuple(args, "OO", &xo, &oo)) return NULL;
-    if (!PyArray_Check(oo) || PyArray_TYPE((PyArrayObject *)oo) != NPY_FLOAT32 ||
-        !PyArray_ISCARRAY((PyArrayObject *)oo)) {
-        PyErr_SetString(ACEError, "out must be a writable C-contiguous float32 array");
-        return NULL;
-    }
-    PyArrayObject *x = float_array(xo, 4, "input");
-    if (!x) return NULL;
-    npy_intp *s = PyArray_DIMS(x);
-    int32_t status;
-    Py_BEGIN_ALLOW_THREADS
-    status = ace_encoder_forward_attention(self->handle, PyArray_DATA(x), s[0], s[1], s[2], s[3],
-                                           PyArray_DATA((PyArrayObject *)oo), PyArray_SIZE((PyArrayObject *)oo));
-    Py_END_ALLOW_THREADS
-    Py_DECREF(x);
-    if (status) return raise_core_error();
-    Py_RETURN_NONE;
+    return call_on_images(self, ace_encoder_forward_attention, xo, oo);
 }
 
 static PyObject *Encoder_backward(EncoderObject *self, PyObject *args) {

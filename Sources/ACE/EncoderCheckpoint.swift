@@ -10,11 +10,7 @@ extension VisionTransformer {
     }
 
     public func save(to path: String, extraMetadata: [String: String] = [:]) throws {
-        var metadata = extraMetadata
-        metadata["format"] = "ace-encoder"
-        metadata["config"] = configJSON
-        try Safetensors.write(parameters.map { ($0.name, $0.shape, UnsafePointer($0.value.data)) },
-                              metadata: metadata, to: path)
+        try writeEncoderFile(to: path, metadata: extraMetadata)
     }
 
     /// Loads an encoder file, or the teacher encoder of a training checkpoint.
@@ -31,11 +27,7 @@ extension VisionTransformer {
             throw ACEError("checkpoint \(path) has no encoder config in its metadata")
         }
         let cfg = try config(fromJSON: json)
-        let stored = entries.values.reduce(0.0) { $0 + Double($1.values.count) }
-        // Build nothing much larger than the file: a forged config could ask for any size. (Close
-        // mismatches are named tensor by tensor by loadState.)
-        try require(cfg.parameterCount <= 2 * stored,
-                    "checkpoint \(path) is corrupt: its config describes \(Int(cfg.parameterCount)) weights, the file holds \(Int(stored))")
+        try requirePlausibleSize(parameters: cfg.parameterCount, entries: entries, path: path)
         let model = try VisionTransformer(cfg)
         var state: [String: (shape: [Int], values: [Float])] = [:]
         for (name, e) in entries {
@@ -77,6 +69,14 @@ public func canonicalJSON<T: Encodable>(_ value: T) -> String {
     let encoder = JSONEncoder()
     encoder.outputFormatting = [.sortedKeys]
     return String(decoding: (try? encoder.encode(value)) ?? Data(), as: UTF8.self)
+}
+
+/// Build nothing much larger than the file: a forged config could ask for any size. (Close
+/// mismatches are named tensor by tensor when the state is loaded.)
+func requirePlausibleSize(parameters: Double, entries: [String: Safetensors.Entry], path: String) throws {
+    let stored = entries.values.reduce(0.0) { $0 + Double($1.values.count) }
+    try require(parameters <= 2 * stored,
+                "checkpoint \(path) is corrupt: its config describes \(Int(parameters)) weights, the file holds \(Int(stored))")
 }
 
 /// Decodes and validates a config; decoding errors become an ACEError naming the config.

@@ -97,13 +97,6 @@ public final class SwinTransformer {
         return output
     }
 
-    /// Inference forward (no drop path).
-    @discardableResult
-    public func forward(_ x: Tensor) throws -> Tensor {
-        var rng = RNG(seed: 0)
-        return try forward(x, training: false, rng: &rng)
-    }
-
     /// Inference forward that keeps nothing for backward: the blocks update the tokens in place
     /// and share one set of intermediate buffers. A backward must not follow it.
     @discardableResult
@@ -185,11 +178,8 @@ extension SwinTransformer {
 
     public func save(to path: String, extraMetadata: [String: String] = [:]) throws {
         var metadata = extraMetadata
-        metadata["format"] = "ace-encoder"
         metadata["backbone"] = Self.backboneName
-        metadata["config"] = configJSON
-        try Safetensors.write(parameters.map { ($0.name, $0.shape, UnsafePointer($0.value.data)) },
-                              metadata: metadata, to: path)
+        try writeEncoderFile(to: path, metadata: metadata)
     }
 
     public static func load(from path: String) throws -> SwinTransformer {
@@ -205,9 +195,7 @@ extension SwinTransformer {
             throw ACEError("checkpoint \(path) has no encoder config in its metadata")
         }
         let cfg = try config(fromJSON: json)
-        let stored = entries.values.reduce(0.0) { $0 + Double($1.values.count) }
-        try require(cfg.parameterCount <= 2 * stored,
-                    "checkpoint \(path) is corrupt: its config describes \(Int(cfg.parameterCount)) weights, the file holds \(Int(stored))")
+        try requirePlausibleSize(parameters: cfg.parameterCount, entries: entries, path: path)
         let model = try SwinTransformer(cfg)
         try model.loadState(entries.mapValues { ($0.shape, $0.values) }, source: path)
         return model

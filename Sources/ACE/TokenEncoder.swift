@@ -57,6 +57,23 @@ public func loadEncoder(from path: String) throws -> any TokenEncoder {
 }
 
 extension TokenEncoder {
+    /// Inference forward (no drop path, no randomness needed), keeping what backward needs.
+    @discardableResult
+    public func forward(_ x: Tensor) throws -> Tensor {
+        var rng = RNG(seed: 0)
+        return try forward(x, training: false, rng: &rng)
+    }
+
+    /// An encoder file: the parameters under timm's names, `metadata` with the format and the
+    /// config added.
+    func writeEncoderFile(to path: String, metadata: [String: String]) throws {
+        var metadata = metadata
+        metadata["format"] = "ace-encoder"
+        metadata["config"] = configJSON
+        try Safetensors.write(parameters.map { ($0.name, $0.shape, UnsafePointer($0.value.data)) },
+                              metadata: metadata, to: path)
+    }
+
     /// The shape check, then finiteness: what every forward checks first.
     func checkInput(_ x: Tensor) throws {
         try checkInputShape(x.shape)

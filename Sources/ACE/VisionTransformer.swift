@@ -75,13 +75,6 @@ public final class VisionTransformer {
         return output
     }
 
-    /// Inference forward (no drop path, no randomness needed), keeping what backward needs.
-    @discardableResult
-    public func forward(_ x: Tensor) throws -> Tensor {
-        var rng = RNG(seed: 0)
-        return try forward(x, training: false, rng: &rng)
-    }
-
     /// Inference forward that keeps nothing for backward (as `forward(x)` otherwise): the
     /// blocks update the tokens in place and share one set of intermediate buffers. A
     /// backward must not follow it.

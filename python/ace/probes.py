@@ -152,13 +152,14 @@ def _cut(images, origins, patch):
 
 
 def _windows(image, centres, patch):
-    """patch x patch windows of one image centred on `centres` (M, 2) x, y; zero-padded."""
-    h, w = image.shape
+    """patch x patch windows of one image, (H, W) or colour (H, W, C), centred on `centres`
+    (M, 2) x, y; zero-padded."""
+    h, w = image.shape[:2]
     origins = np.rint(np.asarray(centres, np.float64) - (patch - 1) / 2).astype(int)
     # Clipping keeps every slice inside the padded image even for points off the image.
     xs = np.clip(origins[:, 0], -patch, w)
     ys = np.clip(origins[:, 1], -patch, h)
-    padded = np.pad(image, patch)
+    padded = np.pad(image, [(patch, patch), (patch, patch)] + [(0, 0)] * (image.ndim - 2))
     return np.stack([padded[y + patch:y + 2 * patch, x + patch:x + 2 * patch] for x, y in zip(xs, ys)])
 
 
@@ -995,8 +996,8 @@ def pair_correspondence(enc, query_images, key_images, query_points, key_points,
         height, width = key.shape[:2]
         centres = np.stack(np.meshgrid(np.arange(0, width, stride) - patch // 2 + (patch - 1) / 2,
                                        np.arange(0, height, stride) - patch // 2 + (patch - 1) / 2), -1).reshape(-1, 2)
-        key_feats = _global_features(enc, _any_windows(key, centres, patch), features)
-        query_feats = _global_features(enc, _any_windows(query, q_pts, patch), features)
+        key_feats = _global_features(enc, _windows(key, centres, patch), features)
+        query_feats = _global_features(enc, _windows(query, q_pts, patch), features)
         pred = centres[pairwise_distances_argmin(query_feats, key_feats)]
         errors.append(np.linalg.norm(pred - k_pts, axis=1))
         identity.append(np.linalg.norm(q_pts - k_pts, axis=1))
@@ -1032,10 +1033,3 @@ def _image_pairs(query_images, key_images, query_points, key_points):
             raise ACEError(f"pair {i}: points must be finite")
         out.append((q, k, qp, kp))
     return out
-
-
-def _any_windows(image, centres, patch):
-    """`_windows` for grayscale (H, W) or colour (H, W, C) images."""
-    if image.ndim == 2:
-        return _windows(image, centres, patch)
-    return np.stack([_windows(image[..., c], centres, patch) for c in range(image.shape[-1])], -1)
