@@ -1,8 +1,10 @@
 """Speed of the full ACE training step against the machine's own sgemm rate.
 
-    python bench/train_step.py [--preset vit_tiny] [--batch 16] [--objective ace] [--threads 2] [--precision auto]
+    python bench/train_step.py [--preset vit_tiny|swin_tiny|...] [--batch 16] [--objective ace] [--threads 2]
+                               [--precision auto]
 
-Prints images/s of `Trainer.step` at the default geometry (512 px images, 224 px views),
+Prints images/s of `Trainer.step` at the default geometry (ViT: 512 px images, 224 px views;
+Swin: the Swin geometry, 1024 px images, 256 px views),
 the sgemm GFLOP/s measured in the same run, the fraction of that rate the step reaches
 (analytic FLOPs: student forward + backward on both views, teacher forward on both views,
 local heads, DINO heads), and the peak resident memory.
@@ -16,14 +18,14 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ace  # noqa: E402
-from common import matmul_rates, set_threads, timed, vit_forward_flops  # noqa: E402
+from common import forward_flops, matmul_rates, set_threads, timed  # noqa: E402
 
 
-def step_flops(cfg, enc_cfg, batch):
+def step_flops(cfg, encoder, batch):
     """Multiply-adds x 2 of one step; a backward pass costs twice its forward."""
     views = 2 * batch
-    encoder = vit_forward_flops(enc_cfg)
-    c = enc_cfg["embed_dim"]
+    c = encoder.width
+    encoder = forward_flops(encoder.config)
     hidden = cfg.local_hidden or 4 * c
     n = cfg.grid.fine_cells ** 2
     total = 3 * encoder * views + encoder * views           # student fwd+bwd, teacher fwd
@@ -50,15 +52,15 @@ def main():
     args = ap.parse_args()
     set_threads(args.threads)
 
-    cfg = ace.PretrainConfig(encoder=args.preset, batch_size=args.batch, objective=args.objective,
-                             precision=args.precision)
+    cfg = ace.PretrainConfig.recipe("paper", encoder=args.preset, batch_size=args.batch, objective=args.objective,
+                                    precision=args.precision)
     trainer = ace.Trainer(cfg)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (args.batch, cfg.grid.image_size, cfg.grid.image_size), dtype=np.uint8)
 
     rates = matmul_rates()
     t_step = timed(lambda: trainer.step(images), warmup_s=3, min_runs=3, min_s=10)
-    flops = step_flops(cfg, trainer.student.config, args.batch)
+    flops = step_flops(cfg, trainer.student, args.batch)
     achieved = flops / t_step / 1e9
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 

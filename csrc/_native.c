@@ -561,6 +561,10 @@ static PyObject *pretrain_config_defaults(PyObject *mod, PyObject *unused) {
     return PyUnicode_FromString(ace_pretrain_config_defaults());
 }
 
+static PyObject *swin_geometry(PyObject *mod, PyObject *unused) {
+    return PyUnicode_FromString(ace_swin_geometry());
+}
+
 static PyObject *presets(PyObject *mod, PyObject *unused) {
     return PyUnicode_FromString(ace_presets());
 }
@@ -646,7 +650,8 @@ static PyMethodDef module_methods[] = {
     {"precision_info", precision_info, METH_NOARGS, "JSON: what 'auto' precision means on this machine."},
     {"get_num_threads", get_num_threads, METH_NOARGS, "Threads for BLAS and the core's kernels."},
     {"pretrain_config_defaults", pretrain_config_defaults, METH_NOARGS, "JSON: every PretrainConfig default."},
-    {"presets", presets, METH_NOARGS, "JSON: the encoder preset names."},
+    {"presets", presets, METH_NOARGS, "JSON: the encoder presets, name -> width, depth(s), heads."},
+    {"swin_geometry", swin_geometry, METH_NOARGS, "JSON: the pretraining settings a Swin encoder changes."},
     {"resize", resize, METH_VARARGS, "resize(images (N,H,W), out (N,h,w)): the core's resampler"},
     {"gemm", gemm, METH_VARARGS, "gemm(a, b, trans_a=False, trans_b=False, precision='fp32') -> op(a) @ op(b)"},
     {NULL}};

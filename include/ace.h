@@ -50,7 +50,8 @@ int32_t ace_encoder_set_precision(void *encoder, const char *precision);
 const char *ace_encoder_precision(void *encoder); /* "bf16" or "fp32" */
 const char *ace_precision_info(void);              /* JSON: {"auto": ..., "hardware_bf16": ...} */
 const char *ace_pretrain_config_defaults(void);    /* JSON: every PretrainConfig setting's default */
-const char *ace_presets(void);                     /* JSON: the encoder preset names */
+const char *ace_swin_geometry(void);               /* JSON: the settings a Swin encoder changes */
+const char *ace_presets(void);                     /* JSON: preset name -> width, depth(s), heads */
 
 /* Fine-tuning: a training forward (drop path on), backward of d loss / d output (its shape
  * must be the output's; accumulates parameter gradients), and an AdamW update that zeroes them. */

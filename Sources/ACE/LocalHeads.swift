@@ -8,17 +8,20 @@
 public final class Composer {
     public let mlp: MLP
     public let dim: Int
+    /// Tokens before the grid in the encoder output (a ViT's class token).
+    public let prefix: Int
     private let blocks = Tensor([0]), dBlocks = Tensor([0])
     public let output = Tensor([0])
 
-    public init(dim: Int, hidden: Int, kind: MLP.Kind = .gelu) {
+    public init(dim: Int, hidden: Int, kind: MLP.Kind = .gelu, prefix: Int = 1) {
         self.dim = dim
+        self.prefix = prefix
         mlp = MLP("composer", 4 * dim, hidden, dim, kind: kind)
     }
 
     public var parameters: [Parameter] { mlp.parameters }
 
-    /// tokens: B encoder outputs (1 + n*n, C), class token first -> (B, (n/2)^2, C).
+    /// tokens: B encoder outputs (prefix + n*n, C) -> (B, (n/2)^2, C).
     public func forward(_ tokens: UnsafePointer<Float>, batch b: Int, side n: Int) -> Tensor {
         let c = dim, h = n / 2
         blocks.reshape([b, h * h, 4 * c])
@@ -29,7 +32,7 @@ public final class Composer {
         return output
     }
 
-    /// Adds the gradient of the composed tokens into dTokens (B, 1 + n*n, C).
+    /// Adds the gradient of the composed tokens into dTokens (B, prefix + n*n, C).
     public func backward(_ dOut: Tensor, side n: Int, into dTokens: UnsafeMutablePointer<Float>) {
         mlp.backward(dOut, into: dBlocks)
         let c = dim
@@ -46,8 +49,8 @@ public final class Composer {
             for j in 0..<(h * h) {
                 let (by, bx) = (2 * (j / h), 2 * (j % h))
                 for part in 0..<4 {
-                    let token = 1 + (by + part / 2) * n + bx + part % 2
-                    body((bi * (1 + n * n) + token) * c, ((bi * h * h + j) * 4 + part) * c)
+                    let token = prefix + (by + part / 2) * n + bx + part % 2
+                    body((bi * (prefix + n * n) + token) * c, ((bi * h * h + j) * 4 + part) * c)
                 }
             }
         }
@@ -57,23 +60,26 @@ public final class Composer {
 public final class Decomposer {
     public let mlp: MLP
     public let dim: Int
+    /// Tokens before the grid in the encoder output (a ViT's class token).
+    public let prefix: Int
     private let coarse = Tensor([0]), split = Tensor([0]), dSplit = Tensor([0]), dCoarse = Tensor([0])
     /// (B, (2n)^2, C): sub-token (u, v) of the 2n x 2n grid at row-major index u * 2n + v.
     public let output = Tensor([0])
 
-    public init(dim: Int, hidden: Int, kind: MLP.Kind = .gelu) {
+    public init(dim: Int, hidden: Int, kind: MLP.Kind = .gelu, prefix: Int = 1) {
         self.dim = dim
+        self.prefix = prefix
         mlp = MLP("decomposer", dim, hidden, 4 * dim, kind: kind)
     }
 
     public var parameters: [Parameter] { mlp.parameters }
 
-    /// tokens: B encoder outputs (1 + n*n, C), class token first -> (B, (2n)^2, C).
+    /// tokens: B encoder outputs (prefix + n*n, C) -> (B, (2n)^2, C).
     public func forward(_ tokens: UnsafePointer<Float>, batch b: Int, side n: Int) -> Tensor {
         let c = dim
         coarse.reshape([b, n * n, c])
         for bi in 0..<b {
-            (coarse.data + bi * n * n * c).update(from: tokens + (bi * (1 + n * n) + 1) * c, count: n * n * c)
+            (coarse.data + bi * n * n * c).update(from: tokens + (bi * (prefix + n * n) + prefix) * c, count: n * n * c)
         }
         mlp.forward(coarse, into: split)
         output.reshape([b, 4 * n * n, c])
@@ -83,7 +89,7 @@ public final class Decomposer {
         return output
     }
 
-    /// Adds the gradient of the sub-tokens into dTokens (B, 1 + n*n, C).
+    /// Adds the gradient of the sub-tokens into dTokens (B, prefix + n*n, C).
     public func backward(_ dOut: Tensor, side n: Int, into dTokens: UnsafeMutablePointer<Float>) {
         let b = dOut.shape[0], c = dim
         dSplit.reshape([b, n * n, 4 * c])
@@ -92,7 +98,7 @@ public final class Decomposer {
         }
         mlp.backward(dSplit, into: dCoarse)
         for bi in 0..<b {
-            let dst = dTokens + (bi * (1 + n * n) + 1) * c, src = dCoarse.data + bi * n * n * c
+            let dst = dTokens + (bi * (prefix + n * n) + prefix) * c, src = dCoarse.data + bi * n * n * c
             for k in 0..<(n * n * c) { dst[k] += src[k] }
         }
     }

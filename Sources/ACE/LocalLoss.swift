@@ -22,10 +22,10 @@ public final class LocalMatchLoss {
         public var accuracy: Double { rows > 0 ? Double(matched) / Double(rows) : 0 }
     }
 
-    /// teacher: B encoder outputs (1 + N, C), class token skipped; z: (B, Nz, C);
-    /// targets[b]: N x Nz. Writes dz = weight * d(mean loss)/dz.
-    public func callAsFunction(teacher: UnsafePointer<Float>, tokens n: Int, z: Tensor, targets: [[Float]],
-                               weight: Float, dz: Tensor) -> Result {
+    /// teacher: B encoder outputs (prefix + N, C), the prefix (a ViT's class token) skipped;
+    /// z: (B, Nz, C); targets[b]: N x Nz. Writes dz = weight * d(mean loss)/dz.
+    public func callAsFunction(teacher: UnsafePointer<Float>, prefix: Int = 1, tokens n: Int, z: Tensor,
+                               targets: [[Float]], weight: Float, dz: Tensor) -> Result {
         let b = z.shape[0], nz = z.shape[1], c = z.shape[2]
         dz.reshape(z.shape)
         // Per sample: normalized teacher (N x C), normalized z (Nz x C), z norms, scores (N x Nz),
@@ -43,7 +43,7 @@ public final class LocalMatchLoss {
             for bi in range {
                 let base = scratch.data + bi * per
                 let yHat = base, zHat = base + n * c, zNorm = zHat + nz * c, g = zNorm + nz, terms = g + n * nz
-                normalizeRows(teacher + (bi * (1 + n) + 1) * c, rows: n, dim: c, into: yHat, norms: nil)
+                normalizeRows(teacher + (bi * (prefix + n) + prefix) * c, rows: n, dim: c, into: yHat, norms: nil)
                 normalizeRows(z.data + bi * nz * c, rows: nz, dim: c, into: zHat, norms: zNorm)
                 serialGemm(transB: true, m: n, n: nz, k: c, a: yHat, b: zHat, c: g)
                 var loss = 0.0

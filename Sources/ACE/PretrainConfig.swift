@@ -11,6 +11,7 @@ public struct PretrainConfig: Settings, Equatable {
     // Networks
     public var encoder = "vit_tiny"
     public var inChans = 1
+    public var windowSize = 7                  // Swin encoders: attention window in tokens [7 at 448 px]
     public var dropPath: Float = 0.1
     public var localHidden = 0                 // composer / decomposer hidden width; 0 = 4C (C for "authors")
     public var localHead = "mlp"               // "mlp" (paper: Linear-GELU-Linear) or "authors"
@@ -62,8 +63,16 @@ public struct PretrainConfig: Settings, Equatable {
     public var usesDecomp: Bool { objective == .ace && losses.contains("decomp") }
 
     public func validate() throws {
-        let encoderConfig = try ViTConfig(preset: encoder, inChans: inChans, imgSize: grid.inputSize, dropPath: dropPath)
-        try grid.validate(patch: encoderConfig.patchSize)
+        let encoderSpec = try self.encoderSpec
+        do {
+            try grid.validate(patch: encoderSpec.tokenFootprint)
+        } catch let error as ACEError {
+            guard case .swin = encoderSpec else { throw error }
+            throw ACEError(error.message + ". A Swin's final token covers \(encoderSpec.tokenFootprint) px of its input: "
+                           + "start from the Swin geometry \(Self.swinGeometry) (PretrainConfig.recipe and "
+                           + "ace pretrain apply it to swin_* encoders)")
+        }
+        try Limits.require(windowSize, in: 1...256, "window_size")
         try augment.validate()
         _ = try Precision(setting: precision)
         try require(["mlp", "authors"].contains(localHead), "local_head must be 'mlp' or 'authors', got '\(localHead)'")
@@ -92,7 +101,7 @@ public struct PretrainConfig: Settings, Equatable {
         try require(std > 0, "std must be positive")
         try require(dinoScaleMin > 0 && dinoScaleMin <= dinoScaleMax && dinoScaleMax <= 1, "dino scale must satisfy 0 < min <= max <= 1")
         try require(preCropScaleMin > 0 && preCropScaleMin <= 1, "pre_crop_scale_min must be in (0, 1], got \(preCropScaleMin)")
-        try Limits.requireMemory(trainingBytes(encoderConfig),
+        try Limits.requireMemory(trainingBytes(encoderSpec),
                                  for: "a pretraining run with this config (\(encoder), batch \(batchSize), \(headPrototypes) prototypes)")
     }
 
@@ -112,23 +121,35 @@ public struct PretrainConfig: Settings, Equatable {
     /// An upper estimate of a run's memory: student (weights, gradients, two AdamW moments),
     /// teacher, local and DINO heads likewise, the activations of both encoders on 2B views,
     /// the heads' logits and the local targets. In floating point: absurd settings cannot overflow.
-    func trainingBytes(_ enc: ViTConfig) -> Double {
-        let c = Double(enc.embedDim), hidden = Double(localHidden > 0 ? localHidden : 4 * enc.embedDim)
+    func trainingBytes(_ enc: EncoderSpec) -> Double {
+        let c = Double(enc.tokenWidth), hidden = Double(localHidden > 0 ? localHidden : 4 * enc.tokenWidth)
         let (h, k, bn) = (Double(headHidden), Double(headPrototypes), Double(headBottleneck))
         let headParams = c * h + h * h + h * bn + bn * k
         let localParams = 2 * (4 * c * hidden + hidden * c)
         let weights = 5 * enc.parameterCount + 5 * headParams + 4 * localParams
         let views = 2 * batchSize
-        let activations = 2 * enc.activationBytes(batch: views, height: grid.inputSize, width: grid.inputSize) / 4
+        let activations = 2 * enc.activationBytes(batch: views) / 4
         let n = Double(grid.tokens), b = Double(batchSize)
         let heads = Double(views) * 4 * (2 * h + bn + 3 * k)
         let local = b * (n * n / 4 + 4 * n * n) * 3 + b * 5 * n * c * 4
         return 4 * (weights + activations + heads + local)
     }
 
-    public var encoderConfig: ViTConfig {
-        get throws { try ViTConfig(preset: encoder, inChans: inChans, imgSize: grid.inputSize, dropPath: dropPath) }
+    /// The student's encoder; views are its input size.
+    public var encoderSpec: EncoderSpec {
+        get throws {
+            try EncoderSpec(preset: encoder, inChans: inChans, inputSize: grid.inputSize, windowSize: windowSize,
+                            dropPath: dropPath)
+        }
     }
+
+    /// The CPU-scale geometry of ACE with a Swin encoder, as the settings it changes. A Swin's
+    /// final token covers 32 px of its input (patch 4, three mergings), so a fine cell must be
+    /// 32 px of the view: 256-px views hold 8 x 8 final tokens (composition needs an even
+    /// grid), windows of 8 tile every stage (64, 32, 16, 8 tokens per side), and cells of
+    /// 32 px in a 1024-px image are the paper's. (The paper: 448-px views, window 7, 14 x 14.)
+    public static let swinGeometry = #"{"grid":{"fine_cells":8,"grid_cells":32,"image_size":1024,"input_size":256,"#
+        + #""min_overlap":2},"window_size":8}"#
 }
 
 /// "minLr" -> "min_lr", as JSONEncoder's convertToSnakeCase spells keys.

@@ -16,10 +16,30 @@ public protocol TokenEncoder: AnyObject {
     func backward(_ dy: Tensor, inputGrad dx: Tensor?)
     func zeroGrad()
     func save(to path: String, extraMetadata: [String: String]) throws
+    /// Tokens before the final grid in `output`: a ViT's class token; none for a Swin.
+    var prefixTokens: Int { get }
+    /// Width of the output tokens.
+    var tokenWidth: Int { get }
+    /// Every stochastic-depth module, in forward order (pretraining keys their draws per image).
+    var dropPaths: [DropPath] { get }
+    /// The position parameters DINO's parameter groups decay (a ViT's class token and position
+    /// embedding; a Swin's relative position bias tables).
+    var positionParameters: [Parameter] { get }
 }
 
-extension VisionTransformer: TokenEncoder {}
-extension SwinTransformer: TokenEncoder {}
+extension VisionTransformer: TokenEncoder {
+    public var prefixTokens: Int { 1 }
+    public var tokenWidth: Int { config.embedDim }
+    public var dropPaths: [DropPath] { blocks.flatMap { [$0.dropPath, $0.dropPath2] } }
+    public var positionParameters: [Parameter] { [position.cls, position.pos] }
+}
+
+extension SwinTransformer: TokenEncoder {
+    public var prefixTokens: Int { 0 }
+    public var tokenWidth: Int { config.numFeatures }
+    public var dropPaths: [DropPath] { stages.joined().flatMap { [$0.dropPath, $0.dropPath2] } }
+    public var positionParameters: [Parameter] { stages.joined().map { $0.attn.relativePositionBiasTable } }
+}
 
 /// An encoder of a named preset: `swin_*` presets are Swin Transformers (window 7), the
 /// others ViTs.
@@ -39,17 +59,38 @@ public func makeEncoder(preset: String, inChans: Int, imgSize: Int, dropPath: Fl
 
 /// An encoder from its config JSON: a Swin config has `depths`, a ViT config `depth`.
 public func makeEncoder(configJSON json: String, seed: UInt64) throws -> any TokenEncoder {
-    struct Kind: Decodable { var depths: [Int]? }
-    if let kind = try? JSONDecoder().decode(Kind.self, from: Data(json.utf8)), kind.depths != nil {
-        return try SwinTransformer(SwinTransformer.config(fromJSON: json), seed: seed)
+    try EncoderSpec(configJSON: json).make(seed: seed)
+}
+
+extension EncoderSpec {
+    public init(configJSON json: String) throws {
+        struct Kind: Decodable { var depths: [Int]? }
+        if let kind = try? JSONDecoder().decode(Kind.self, from: Data(json.utf8)), kind.depths != nil {
+            self = .swin(try SwinTransformer.config(fromJSON: json))
+        } else {
+            self = .vit(try VisionTransformer.config(fromJSON: json))
+        }
     }
-    return try VisionTransformer(VisionTransformer.config(fromJSON: json), seed: seed)
 }
 
 /// Loads an encoder file of either backbone (metadata `backbone: swin` for Swin), or the
 /// teacher encoder of a training checkpoint.
 public func loadEncoder(from path: String) throws -> any TokenEncoder {
     let (metadata, entries) = try Safetensors.read(path)
+    if metadata["format"] == Trainer.checkpointFormat {
+        guard let json = metadata["encoder_config"] else {
+            throw ACEError("training checkpoint \(path) has no encoder config in its metadata")
+        }
+        let spec = try EncoderSpec(configJSON: json)
+        try requirePlausibleSize(parameters: spec.parameterCount, entries: entries, path: path)
+        let model = try spec.make(seed: 0)
+        var state: [String: (shape: [Int], values: [Float])] = [:]
+        for (name, e) in entries where name.hasPrefix("teacher.") {
+            state[String(name.dropFirst("teacher.".count))] = (e.shape, e.values)
+        }
+        try loadParameters(model.parameters, from: state, source: path)
+        return model
+    }
     if metadata["backbone"] == SwinTransformer.backboneName {
         return try SwinTransformer.load(metadata: metadata, entries: entries, path: path)
     }

@@ -4,8 +4,10 @@
 /// clip -> AdamW -> EMA teacher -> center.
 public final class Trainer {
     public let config: PretrainConfig
-    public let student: VisionTransformer
-    public let teacher: VisionTransformer
+    /// The student and its EMA teacher: ViTs, or Swins whose final tokens play the patch
+    /// tokens' part (no class token: DINO-style pooling averages them all).
+    public let student: any TokenEncoder
+    public let teacher: any TokenEncoder
     public let composer: Composer
     public let decomposer: Decomposer
     public let head: DINOHead
@@ -48,15 +50,14 @@ public final class Trainer {
     public init(_ config: PretrainConfig, seed: UInt64) throws {
         try config.validate()
         self.config = config
-        let enc = try config.encoderConfig
-        student = try VisionTransformer(enc, seed: seed)
-        var teacherConfig = enc
-        teacherConfig.dropPath = 0
-        teacher = try VisionTransformer(teacherConfig, seed: seed)
+        let spec = try config.encoderSpec
+        student = try spec.make(seed: seed)
+        teacher = try spec.withDropPath(0).make(seed: seed)
         let kind: MLP.Kind = config.localHead == "authors" ? .authors : .gelu
-        let c = enc.embedDim, hidden = config.localHidden > 0 ? config.localHidden : (kind == .authors ? c : 4 * c)
-        composer = Composer(dim: c, hidden: hidden, kind: kind)
-        decomposer = Decomposer(dim: c, hidden: hidden, kind: kind)
+        let c = spec.tokenWidth, hidden = config.localHidden > 0 ? config.localHidden : (kind == .authors ? c : 4 * c)
+        let prefix = student.prefixTokens
+        composer = Composer(dim: c, hidden: hidden, kind: kind, prefix: prefix)
+        decomposer = Decomposer(dim: c, hidden: hidden, kind: kind, prefix: prefix)
         head = DINOHead("head", dim: c, hidden: config.headHidden, bottleneck: config.headBottleneck,
                         prototypes: config.headPrototypes)
         teacherHead = DINOHead("teacher_head", dim: c, hidden: config.headHidden, bottleneck: config.headBottleneck,
@@ -76,7 +77,8 @@ public final class Trainer {
         optimizer = AdamW(trainable)
         gradients = GradientArena(trainable)
         if config.weightDecayTokens {
-            for (i, p) in trainable.enumerated() where p === student.position.cls || p === student.position.pos {
+            let position = student.positionParameters
+            for (i, p) in trainable.enumerated() where position.contains(where: { $0 === p }) {
                 optimizer.decays[i] = true
             }
         }
@@ -219,13 +221,14 @@ public final class Trainer {
         let stepWord = stepRNG.next()
         let keys = (0..<b).map { Self.imageKey(stepWord, firstImage + $0) }
         let crops = try makeViews(images, batch: b, height: height, width: width, imageKeys: keys)
-        let n = config.grid.side, tokens = 1 + n * n, c = student.config.embedDim
+        let n = config.grid.side, prefix = student.prefixTokens, tokens = prefix + n * n, c = student.tokenWidth
 
         let rowKeys = (0..<2).flatMap { v in keys.map { mix64($0 ^ UInt64(v + 1)) } }
-        for block in student.blocks { block.dropPath.sampleKeys = rowKeys; block.dropPath2.sampleKeys = rowKeys }
+        let dropPaths = student.dropPaths
+        for d in dropPaths { d.sampleKeys = rowKeys }
         // The student is also reachable as an encoder (ace_trainer_encoder): its own training
         // passes draw as before.
-        defer { for block in student.blocks { block.dropPath.sampleKeys = nil; block.dropPath2.sampleKeys = nil } }
+        defer { for d in dropPaths { d.sampleKeys = nil } }
         let s = try student.forward(views, training: true, rng: &stepRNG)
         let t = try teacher.infer(views)   // the teacher never runs backward
 
@@ -236,14 +239,14 @@ public final class Trainer {
 
         if config.usesComp {
             let z = composer.forward(studentC1, batch: b, side: n)
-            let r = compLoss(teacher: teacherC2, tokens: n * n, z: z, targets: crops.map(\.compositionTarget),
+            let r = compLoss(teacher: teacherC2, prefix: prefix, tokens: n * n, z: z, targets: crops.map(\.compositionTarget),
                              weight: config.compWeight, dz: dz)
             composer.backward(dz, side: n, into: dTokens.data)
             stats.comp = r.loss; stats.compAccuracy = r.accuracy
         }
         if config.usesDecomp {
             let z = decomposer.forward(studentC2, batch: b, side: n)
-            let r = decompLoss(teacher: teacherC1, tokens: n * n, z: z, targets: crops.map(\.decompositionTarget),
+            let r = decompLoss(teacher: teacherC1, prefix: prefix, tokens: n * n, z: z, targets: crops.map(\.decompositionTarget),
                                weight: config.decompWeight, dz: dz)
             decomposer.backward(dz, side: n, into: dTokens.data + b * tokens * c)
             stats.decomp = r.loss; stats.decompAccuracy = r.accuracy
@@ -270,7 +273,7 @@ public final class Trainer {
                            + "\(config.teacherTemp), logit_scale \(config.logitScale), grid.sigma \(config.grid.sigma)) "
                            + "or lower the learning rate")
         }
-        student.backward(dTokens)
+        student.backward(dTokens, inputGrad: nil)
         if step < frozenSteps { head.lastLayer.grad.zero() }
         if config.usesGlobal { GlobalLoss.batchMean(teacherHead.logits, into: centerBatchMean) }
         return (stats, stepRNG)
@@ -346,29 +349,32 @@ public final class Trainer {
         return crops
     }
 
-    /// Per row of the 2B views, the patch tokens to average: the overlap mask (ACE) or, for
-    /// DINO, nil meaning "the class token".
+    /// Per row of the 2B views, the grid tokens to average: the overlap mask (ACE) or, for
+    /// DINO, nil meaning "the class token", or for an encoder without one, all of them.
     private func poolingMasks(_ crops: [GridCrop], batch b: Int) -> [[Bool]?] {
-        guard config.objective == .ace else { return Array(repeating: nil, count: 2 * b) }
+        guard config.objective == .ace else {
+            let all = student.prefixTokens == 0 ? [Bool](repeating: true, count: config.grid.tokens) : nil
+            return Array(repeating: all, count: 2 * b)
+        }
         return crops.map { Optional($0.o1) } + crops.map { Optional($0.o2) }
     }
 
     private func pool(_ tokens: Tensor, masks: [[Bool]?], into out: Tensor) {
-        let rows = tokens.shape[0], t = tokens.shape[1], c = tokens.shape[2]
+        let rows = tokens.shape[0], t = tokens.shape[1], c = tokens.shape[2], prefix = student.prefixTokens
         out.reshape([rows, c]); out.zero()
         for r in 0..<rows {
             let dst = out.data + r * c, base = tokens.data + r * t * c
             guard let mask = masks[r] else { dst.update(from: base, count: c); continue }
             let inv = meanWeight(mask)
             for (i, inside) in mask.enumerated() where inside {
-                let src = base + (1 + i) * c
+                let src = base + (prefix + i) * c
                 for k in 0..<c { dst[k] += src[k] * inv }
             }
         }
     }
 
     private func unpool(_ dPooled: Tensor, masks: [[Bool]?], into dTokens: Tensor) {
-        let rows = dTokens.shape[0], t = dTokens.shape[1], c = dTokens.shape[2]
+        let rows = dTokens.shape[0], t = dTokens.shape[1], c = dTokens.shape[2], prefix = student.prefixTokens
         for r in 0..<rows {
             let src = dPooled.data + r * c, base = dTokens.data + r * t * c
             guard let mask = masks[r] else {
@@ -377,7 +383,7 @@ public final class Trainer {
             }
             let inv = meanWeight(mask)
             for (i, inside) in mask.enumerated() where inside {
-                let dst = base + (1 + i) * c
+                let dst = base + (prefix + i) * c
                 for k in 0..<c { dst[k] += src[k] * inv }
             }
         }

@@ -8,7 +8,7 @@ extension Trainer {
 
     public func save(to path: String) throws {
         let configJSON = config.json
-        let encoderJSON = canonicalJSON(teacher.config)
+        let encoderJSON = teacher.configJSON
         let s = rng.state
         let metadata = [
             "format": Self.checkpointFormat,
@@ -38,7 +38,7 @@ extension Trainer {
                     "training checkpoint \(path) is corrupt: adam_t \(adamT) is outside 0...\(step)")
         try require(words.contains { $0 != 0 }, "training checkpoint \(path) is corrupt: its generator state is all zero")
         let stored = entries.values.reduce(0.0) { $0 + Double($1.values.count) }
-        let needed = 2 * (try config.encoderConfig).parameterCount
+        let needed = 2 * (try config.encoderSpec).parameterCount
         try require(needed <= stored,
                     "training checkpoint \(path) is corrupt: its config describes at least \(Int(needed)) values, the file holds \(Int(stored))")
         let trainer = try Trainer(config, seed: 0)

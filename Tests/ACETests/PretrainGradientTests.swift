@@ -45,6 +45,42 @@ final class PretrainGradientTests: XCTestCase {
             tensors: [("z", z, dzOut)]))
     }
 
+    /// A Swin's output is the grid alone, a ViT's starts with a class token: the local heads
+    /// and the matching loss with `prefix` 0 on the grid give exactly what they give with
+    /// `prefix` 1 on the same grid behind an extra token, forward and backward.
+    func testLocalHeadsAndLossReadTheGridAfterThePrefix() throws {
+        var rng = RNG(seed: 23)
+        let crops = [sampleCrop(5), sampleCrop(6)]
+        let b = 2, n = 4, c = 8, t = n * n
+        let withCls = randomTensor([b, 1 + t, c], &rng), gridOnly = Tensor([b, t, c])
+        for i in 0..<b { (gridOnly.data + i * t * c).update(from: withCls.data + (i * (1 + t) + 1) * c, count: t * c) }
+        let dOut = randomTensor([b, t / 4, c], &rng), dSub = randomTensor([b, 4 * t, c], &rng)
+        func heads(prefix: Int, tokens: Tensor) -> [[Float]] {
+            var init1 = RNG(seed: 9), init2 = RNG(seed: 10)
+            let composer = Composer(dim: c, hidden: 12, prefix: prefix)
+            let decomposer = Decomposer(dim: c, hidden: 12, prefix: prefix)
+            for l in [composer.mlp.fc1, composer.mlp.fc2] { l.initialize(&init1) }
+            for l in [decomposer.mlp.fc1, decomposer.mlp.fc2] { l.initialize(&init2) }
+            let z = composer.forward(tokens.data, batch: b, side: n)
+            let sub = decomposer.forward(tokens.data, batch: b, side: n)
+            let dTokens = Tensor(tokens.shape)
+            composer.backward(dOut, side: n, into: dTokens.data)
+            decomposer.backward(dSub, side: n, into: dTokens.data)
+            let dz = Tensor([0])
+            let loss = LocalMatchLoss(alpha: 0.9, scale: 5)(teacher: tokens.data, prefix: prefix, tokens: t, z: z,
+                                                            targets: crops.map(\.compositionTarget), weight: 1, dz: dz)
+            var grid = Array(UnsafeBufferPointer(start: dTokens.data, count: dTokens.count))
+            if prefix == 1 {   // the class token's rows take no gradient from the local heads
+                for i in 0..<b { for k in 0..<c { XCTAssertEqual(dTokens[i * (1 + t) * c + k], 0) } }
+                let rows = 1 + t
+                grid = (0..<b).flatMap { (i: Int) -> ArraySlice<Float> in grid[(i * rows + 1) * c..<(i + 1) * rows * c] }
+            }
+            return [z, sub, dz].map { Array(UnsafeBufferPointer(start: $0.data, count: $0.count)) }
+                + [grid, [Float(loss.loss), Float(loss.accuracy)]]
+        }
+        XCTAssertEqual(heads(prefix: 0, tokens: gridOnly), heads(prefix: 1, tokens: withCls))
+    }
+
     func testGlobalLossGradient() throws {
         var rng = RNG(seed: 23)
         let student = randomTensor([4, 9], &rng), teacher = randomTensor([4, 9], &rng), center = randomTensor([9], &rng, scale: 0.1)

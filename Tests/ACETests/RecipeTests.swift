@@ -53,7 +53,7 @@ final class RecipeTests: XCTestCase {
         for decayTokens in [false, true] {
             config.weightDecayTokens = decayTokens
             let t = try Trainer(config, seed: 0)
-            let index = t.optimizer.parameters.firstIndex { $0 === t.student.position.pos }!
+            let index = t.optimizer.parameters.firstIndex { $0 === (t.student as! VisionTransformer).position.pos }!
             XCTAssertEqual(t.optimizer.decays[index], decayTokens)
             XCTAssertFalse(t.optimizer.decays[t.optimizer.parameters.firstIndex { $0.name.hasSuffix("norm.bias") }!])
         }

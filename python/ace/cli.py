@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .preprocess import JSRT_MEAN, JSRT_STD
 from .runconfig import OBJECTIVES, RUN_DEFAULTS
 
 PHANTOM_IMAGES = 64
@@ -102,7 +103,9 @@ def build_parser():
                                    "ranks with more threads each usually win (ranks pay an allreduce per step).")
     p.add_argument("--data", help="folder (recursive), image file or .txt list of PNG/JPEG/TIFF/DICOM; "
                                   f"omitted: {PHANTOM_IMAGES} procedural chest phantoms")
-    p.add_argument("--preset", help="encoder: vit_nano, vit_tiny, vit_small, vit_base (default vit_tiny)")
+    p.add_argument("--preset", help="encoder: vit_nano, vit_tiny, vit_small, vit_base (default vit_tiny), or "
+                   "swin_nano, swin_tiny, swin_small, swin_base (Swin view geometry: 256-px views of 8 x 8 "
+                   "final tokens, one 32-px cell each, window_size 8)")
     p.add_argument("--objective", choices=sorted(OBJECTIVES),
                    help="ace (all three losses; the default), dino (baseline: global loss on random-resized crops), "
                         "or an ablation")
@@ -184,6 +187,25 @@ def build_parser():
     x.add_argument("--which", choices=["teacher", "student"],
                    help="encoder of a training run (default teacher); not for encoder files")
     x.set_defaults(run=export)
+
+    c = sub.add_parser("convert", help="read a PyTorch checkpoint (the authors' ACE Swin-B, DINO) into an encoder file",
+                       description="Write the backbone of a PyTorch checkpoint as an ace encoder file (timm names, "
+                                   "config and preprocessing in the metadata): the authors' released ACE Swin "
+                                   "(Microsoft's Swin layout, student/teacher under module.backbone.), DINO's ViTs, "
+                                   "or a timm state dict. The shape is read off the weights. Needs PyTorch "
+                                   "(pip install torch), which ace does not depend on.")
+    c.add_argument("checkpoint", metavar="PTH", help="PyTorch checkpoint (.pth)")
+    c.add_argument("--out", required=True, help="encoder file to write (.safetensors)")
+    c.add_argument("--which", choices=["teacher", "student"], default="teacher",
+                   help="network of a student/teacher checkpoint (default teacher)")
+    c.add_argument("--img-size", type=positive_int,
+                   help="Swin input size, when the checkpoint stores no attention mask (e.g. 224, the paper's 448)")
+    c.add_argument("--num-heads", type=positive_int, help="ViT heads, when no preset has the checkpoint's shape")
+    c.add_argument("--mean", type=float, default=JSRT_MEAN,
+                   help=f"intensity mean the encoder expects (stored with it; default {JSRT_MEAN})")
+    c.add_argument("--std", type=float, default=JSRT_STD,
+                   help=f"intensity std the encoder expects (default {JSRT_STD})")
+    c.set_defaults(run=convert)
 
     a = sub.add_parser("attention", help="draw the last block's CLS attention of each head over the images",
                        description="For every image: the last block's attention of the class token's query to "
@@ -607,6 +629,21 @@ def export(args):
           f"{out / 'model.safetensors'} and {out / 'config.json'}; load it with")
     for line in load_commands(out, config):
         print(f"  {line}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- convert
+
+def convert(args):
+    from .convert import convert as convert_checkpoint
+
+    enc = convert_checkpoint(args.checkpoint, args.out, which=args.which, img_size=args.img_size,
+                             num_heads=args.num_heads, mean=args.mean, std=args.std)
+    c = enc.config
+    shape = f"depths {c['depths']}" if enc.is_swin else f"depth {c['depth']}"
+    print(f"wrote the {args.which} backbone of {args.checkpoint} to {args.out}: {c['preset']} "
+          f"(embed_dim {c['embed_dim']}, {shape}, num_heads {c['num_heads']}, in_chans {c['in_chans']}, "
+          f"img_size {c['img_size']})")
     return 0
 
 

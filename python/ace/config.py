@@ -16,11 +16,15 @@ from . import _native
 from .errors import ACEError
 from .validate import FLOAT32_MAX, INT32_MAX, require_choice, require_float, require_int
 
-# Encoder presets, as the core lists them: ViTs (trainable by ACE pretraining) and Swin
-# Transformers (timm's swin_*_patch4_window7; not yet trainable by ACE pretraining).
-_ALL_PRESETS = tuple(json.loads(_native.presets()))
-PRESETS = tuple(p for p in _ALL_PRESETS if p.startswith("vit"))
-SWIN_PRESETS = tuple(p for p in _ALL_PRESETS if p.startswith("swin"))
+# Encoder presets, as the core lists them: ViTs and Swin Transformers (timm's
+# swin_*_patch4_window7), both trainable by ACE pretraining.
+PRESET_SHAPES = json.loads(_native.presets())   # name -> embed_dim, depth(s), num_heads
+PRESETS = tuple(PRESET_SHAPES)
+VIT_PRESETS = tuple(p for p in PRESETS if p.startswith("vit"))
+SWIN_PRESETS = tuple(p for p in PRESETS if p.startswith("swin"))
+# What a Swin encoder changes in a run (views whose 8 x 8 final tokens are one 32-px cell each,
+# windows of 8), as the core defines it; `recipe` lays it under the given settings.
+SWIN_GEOMETRY = json.loads(_native.swin_geometry())
 LOSSES = ("global", "comp", "decomp")
 _CORE_DEFAULTS = json.loads(_native.pretrain_config_defaults())
 
@@ -80,6 +84,7 @@ class PretrainConfig:
     # networks
     encoder: str = _default("encoder", str)
     in_chans: int = _default("in_chans", int)
+    window_size: int = _default("window_size", int)  # Swin encoders' attention window [7]
     drop_path: float = _default("drop_path", float)
     # composer/decomposer hidden width, 0 = 4C (C for "authors")
     local_hidden: int = _default("local_hidden", int)
@@ -162,6 +167,8 @@ class PretrainConfig:
 
     @classmethod
     def from_dict(cls, d):
+        """The config of the fields in `d`; the others keep their defaults, except that a Swin
+        encoder (`"encoder": "swin_tiny"`) first takes the Swin view geometry (SWIN_GEOMETRY)."""
         if not isinstance(d, dict):
             raise ACEError(f"a PretrainConfig is read from a dict (a JSON object) of its fields, "
                            f"got {type(d).__name__}")
@@ -169,6 +176,9 @@ class PretrainConfig:
         unknown = sorted(set(d) - names)
         if unknown:
             raise ACEError(f"unknown PretrainConfig fields: {unknown}")
+        if d.get("encoder") in SWIN_PRESETS:
+            # A Swin's final tokens are 32 px: its view geometry, under what `d` gives.
+            d = _layered([SWIN_GEOMETRY, d])
         return cls(**d).validate()
 
     @classmethod
@@ -187,12 +197,7 @@ class PretrainConfig:
         """
         if name not in RECIPES:
             raise ACEError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}")
-        fields = json.loads(json.dumps(RECIPES[name]))  # a deep copy
-        for key, value in overrides.items():
-            if key in ("grid", "augment") and isinstance(value, dict):
-                fields.setdefault(key, {}).update(value)
-            else:
-                fields[key] = value
+        fields = _layered([RECIPES[name], overrides])
         return cls.from_dict(fields)
 
 
@@ -207,6 +212,19 @@ RECIPES = {
         "weight_decay_tokens": True,
     },
 }
+
+
+def _layered(layers):
+    """Settings dicts merged in order, later ones winning; grid / augment dicts merge field by
+    field. The layers are not changed."""
+    fields = {}
+    for layer in layers:
+        for key, value in copy.deepcopy(layer).items():
+            if key in ("grid", "augment") and isinstance(value, dict) and isinstance(fields.get(key), dict):
+                fields[key].update(value)
+            else:
+                fields[key] = value
+    return fields
 
 
 def _nested(key, value, cls):

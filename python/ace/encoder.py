@@ -25,8 +25,8 @@ class Encoder:
 
     def __init__(self, preset="vit_tiny", *, in_chans=1, img_size=224, drop_path=0.0, seed=0,
                  mean=JSRT_MEAN, std=JSRT_STD, precision="auto", window_size=None):
-        if not isinstance(preset, str) or preset not in PRESETS + SWIN_PRESETS:
-            raise ACEError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS + SWIN_PRESETS)}")
+        if not isinstance(preset, str) or preset not in PRESETS:
+            raise ACEError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
         # Types and int32/uint64 bounds here; the core checks the ranges (in_chans 1 or 3,
         # img_size a multiple of the patch up to its limit, drop_path in [0, 1)).
         args = (require_int("in_chans", in_chans, 1, INT32_MAX), require_int("img_size", img_size, 1, INT32_MAX),

@@ -24,6 +24,9 @@ TIMM_ARCHITECTURES = {
     "swin_tiny": "swin_tiny_patch4_window7_224",
     "swin_small": "swin_small_patch4_window7_224",
     "swin_base": "swin_base_patch4_window7_224",
+    # Converted encoders of no preset's shape (ace convert): the family's model with size arguments.
+    "vit_custom": "vit_tiny_patch16_224",
+    "swin_custom": "swin_tiny_patch4_window7_224",
 }
 # The size arguments of each architecture, as timm's defaults (only differing ones are printed).
 TIMM_SIZES = {"vit_tiny_patch16_224": {"embed_dim": 192, "depth": 12, "num_heads": 3},
