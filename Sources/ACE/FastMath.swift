@@ -65,6 +65,11 @@ func loadSIMD16(_ p: UnsafePointer<Float>) -> SIMD16<Float> {
 }
 
 @inline(__always)
+func storeSIMD16(_ v: SIMD16<Float>, _ p: UnsafeMutablePointer<Float>) {
+    UnsafeMutableRawPointer(p).storeBytes(of: v, as: SIMD16<Float>.self)
+}
+
+@inline(__always)
 func lanewiseMax(_ a: SIMD16<Float>, _ b: SIMD16<Float>) -> SIMD16<Float> { a.replacing(with: b, where: b .> a) }
 
 @inline(__always)

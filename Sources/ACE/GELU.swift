@@ -36,28 +36,32 @@ public final class GELU {
     /// The backward, also writing the forward's output again in bf16 (for the next layer's
     /// weight gradient) from the same Phi: one erf per value for both.
     func backward(_ dy: Tensor, into dx: Tensor, recomputingBF16 y: UnsafeMutablePointer<UInt16>) {
-        backward(dy, into: dx) { i, output in y[i] = bf16Bits(output) }
-    }
-
-    /// d/dx [x Phi(x)] = Phi(x) + x phi(x).
-    public func backward(_ dy: Tensor, into dx: Tensor) {
-        backward(dy, into: dx) { _, _ in }
-    }
-
-    /// The backward, handing each recomputed output x Phi(x) to `output` (inlined: a no-op
-    /// costs nothing).
-    @inline(__always)
-    private func backward(_ dy: Tensor, into dx: Tensor, output: (Int, Float) -> Void) {
         dx.reshape(dy.shape)
         let xs = input.data, dys = dy.data, dxs = dx.data
         parallelChunks(dy.count, minPerChunk: 4096) { range in
             for i in range {
-                let v = xs[i]
-                let cdf = 0.5 * (1 + fastErf(v * 0.70710678118654752))
-                let pdf = 0.39894228040143268 * fastExp(-0.5 * v * v)
-                output(i, v * cdf)
-                dxs[i] = dys[i] * (cdf + v * pdf)
+                let v = xs[i], (cdf, slope) = geluParts(v)
+                y[i] = bf16Bits(v * cdf)
+                dxs[i] = dys[i] * slope
             }
         }
     }
+
+    /// d/dx [x Phi(x)] = Phi(x) + x phi(x).
+    public func backward(_ dy: Tensor, into dx: Tensor) {
+        dx.reshape(dy.shape)
+        let xs = input.data, dys = dy.data, dxs = dx.data
+        parallelChunks(dy.count, minPerChunk: 4096) { range in
+            for i in range { dxs[i] = dys[i] * geluParts(xs[i]).slope }
+        }
+    }
+}
+
+/// Phi(x) and the GELU's derivative Phi(x) + x phi(x). Both backward loops spell their
+/// stores out around it (a closure per element would keep them scalar).
+@inline(__always)
+private func geluParts(_ v: Float) -> (cdf: Float, slope: Float) {
+    let cdf = 0.5 * (1 + fastErf(v * 0.70710678118654752))
+    let pdf = 0.39894228040143268 * fastExp(-0.5 * v * v)
+    return (cdf, cdf + v * pdf)
 }
