@@ -90,12 +90,9 @@ public struct PhotometricAugment {
     /// Random numbers drawn by every apply() call on a single-channel image, whichever
     /// transforms fire.
     public static let drawsPerCall = 9
-    /// The extra draws of a colour (3-channel) image, after those: colour jitter (fire,
-    /// four factors, three for the order) and grayscale.
+    /// Random numbers a colour (3-channel) image draws from its own colour stream: colour
+    /// jitter (fire, four factors, three for the order) and grayscale.
     public static let colourDrawsPerCall = 9
-
-    /// Draws per call on an image of `channels` channels (1 or 3).
-    public static func draws(channels: Int) -> Int { drawsPerCall + (channels == 3 ? colourDrawsPerCall : 0) }
 
     /// The config is used as given; call `config.validate()` first for configs from outside
     /// (an invalid config never traps, it may give meaningless pixels).
@@ -108,15 +105,18 @@ public struct PhotometricAugment {
     /// aligned no matter which transforms fire. A transform with probability p fires when its
     /// uniform u satisfies u < p (p = 0: never, p = 1: always). A non-positive size is a no-op.
     public func apply(_ image: UnsafeMutablePointer<Float>, size: Int, rng: inout RNG) {
-        apply(image, channels: 1, size: size, rng: &rng)
+        var unused = RNG(seed: 0)
+        apply(image, channels: 1, size: size, rng: &rng, colourRNG: &unused)
     }
 
-    /// As `apply(_:size:rng:)` on `channels` planes of size x size (1 or 3; a grey image draws
-    /// and computes exactly what the single-channel call does). A colour image first draws
-    /// `colourDrawsPerCall` more uniforms and gets the colour jitter and grayscale of
-    /// `AugmentConfig` (on its [0, 1] input), then every plane the grey transforms with the
-    /// same random values (brightness/contrast around each plane's own mean).
-    public func apply(_ image: UnsafeMutablePointer<Float>, channels: Int, size: Int, rng: inout RNG) {
+    /// As `apply(_:size:rng:)` on `channels` planes of size x size (1 or 3), drawing the same
+    /// `drawsPerCall` uniforms from `rng`. A colour image also draws `colourDrawsPerCall`
+    /// uniforms from `colourRNG` (a separate stream, so the grey draws, and with the colour
+    /// transforms off the pixels, are those of each channel alone) and gets the colour jitter
+    /// and grayscale of `AugmentConfig` on its [0, 1] input; then every plane gets the grey
+    /// transforms with the same random values (brightness/contrast around its own mean).
+    public func apply(_ image: UnsafeMutablePointer<Float>, channels: Int, size: Int, rng: inout RNG,
+                      colourRNG: inout RNG) {
         let c = config
         let uGamma = rng.uniform(), uGammaValue = rng.uniform()
         let uBC = rng.uniform(), uBrightness = rng.uniform(), uContrast = rng.uniform()
@@ -124,7 +124,7 @@ public struct PhotometricAugment {
         let uSharpen = rng.uniform()
         let uClahe = rng.uniform()
         var colour: [Double] = []
-        if channels == 3 { colour = (0..<Self.colourDrawsPerCall).map { _ in rng.uniform() } }
+        if channels == 3 { colour = (0..<Self.colourDrawsPerCall).map { _ in colourRNG.uniform() } }
 
         guard size > 0, !size.multipliedReportingOverflow(by: size).overflow else { return }
         let n = size * size

@@ -324,7 +324,7 @@ public final class Trainer {
             var streams: [RNG] = []
             for _ in boxes {
                 streams.append(rng)
-                for _ in 0..<PhotometricAugment.draws(channels: chans) { _ = rng.next() }
+                for _ in 0..<PhotometricAugment.drawsPerCall { _ = rng.next() }
             }
             plans.append((source, boxes, streams))
         }
@@ -356,8 +356,10 @@ public final class Trainer {
                         cropResize(canvas + ch * canvasSize, width: g.imageSize, height: g.imageSize, box: box,
                                    to: view + ch * viewSize, size: size)
                     }
-                    var stream = plans[i].augment[v]
-                    augment.apply(view, channels: chans, size: size, rng: &stream)
+                    // Colour draws come from a stream of their own: grey draws (and runs) are
+                    // those of before colour training.
+                    var stream = plans[i].augment[v], colourStream = RNG(seed: mix64(imageKeys[i] ^ (0xC0105 &+ UInt64(v))))
+                    augment.apply(view, channels: chans, size: size, rng: &stream, colourRNG: &colourStream)
                     for ch in 0..<chans {
                         let (m, inv) = (mean(ch), 1 / std(ch)), x = view + ch * viewSize
                         for j in 0..<viewSize { x[j] = (x[j] - m) * inv }

@@ -229,15 +229,15 @@ RECIPES = {
 # before the user's own settings.
 MODALITIES = {
     "xray": {},
-    # Colour fundus photographs (EyePACS-like): RGB, per-channel statistics of fundus images
-    # (the dark red-dominated disc on a black border: R brightest, B darkest; measured on the
-    # procedural fundus phantom inside its field of view, close to EyePACS'), DINO's colour
-    # jitter and random grayscale instead of the grey brightness/contrast, no CLAHE, and the
-    # circular field of view masked.
+    # Colour fundus photographs (EyePACS-like): RGB; per-channel statistics of a red-dominated
+    # disc on a black border (R brightest, B darkest), measured on 32 procedural fundus phantoms
+    # over the whole image, border included, as the views contain it (set `mean`/`std` from
+    # your own data for real photographs); DINO's colour jitter and random grayscale instead of
+    # the grey brightness/contrast; no CLAHE; the circular field of view masked.
     "fundus": {
         "in_chans": 3,
-        "mean": [0.46, 0.24, 0.12],
-        "std": [0.30, 0.17, 0.10],
+        "mean": [0.431, 0.202, 0.092],
+        "std": [0.307, 0.147, 0.072],
         "fov_mask": True,
         "augment": {"brightness_contrast_p": 0.0, "clahe_p": 0.0, "color_jitter_p": 0.8, "grayscale_p": 0.2},
     },

@@ -112,19 +112,20 @@ def pair(seed: int, size: int = 512, rotation: float = 10.0, scale: tuple[float,
 
 def write_folder(folder, count: int, size: int = 512, first_seed: int = 0, pairs: int = 0) -> Path:
     """Write `count` phantom eyes (seeds first_seed, first_seed + 1, ...) as 8-bit RGB PNGs
-    `fundus_00000.png` ... into `folder`, with `landmarks.csv` (file, eye, disc_x, disc_y,
-    fovea_x, fovea_y, bifurcations). With `pairs`, also `pairs/` holding FIRE-style pairs
-    (`pair_00000_a.png`, `..._b.png`, seeds first_seed + count ...) and `pairs/points.csv` (pair,
-    point, x_a, y_a, x_b, y_b). For demos and tests: `ace pretrain --modality fundus --data
-    folder` reads it like any folder of photographs. Returns the folder."""
+    `images/fundus_00000.png` ... into `folder`, with `landmarks.csv` (file, eye, disc_x,
+    disc_y, fovea_x, fovea_y, bifurcations). With `pairs`, also `pairs/` holding FIRE-style
+    pairs (`pair_00000_a.png`, `..._b.png`, seeds first_seed + count ...) and `pairs/points.csv`
+    (pair, point, x_a, y_a, x_b, y_b). For demos and tests: `ace pretrain --modality fundus
+    --data folder/images` reads the images like any folder of photographs, `ace evaluate
+    --data folder` the pairs. Returns the folder."""
     from PIL import Image
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
     rows = ["file,eye,disc_x,disc_y,fovea_x,fovea_y,bifurcations"]
     for i in range(count):
         eye = generate(first_seed + i, size)
-        name = f"fundus_{i:05d}.png"
+        name = f"images/fundus_{i:05d}.png"
         Image.fromarray(_to_uint8(eye.image)).save(folder / name)
         rows.append(f"{name},{eye.eye},{eye.disc[0]:.3f},{eye.disc[1]:.3f},{eye.fovea[0]:.3f},"
                     f"{eye.fovea[1]:.3f},{len(eye.bifurcations)}")
