@@ -23,7 +23,7 @@ config files:
   --set and --resume, by their long names with underscores (batch_size, checkpoint_every, ...),
   and every ace.PretrainConfig field (head_prototypes, teacher_temp, ...; grid and augment nest
   their fields). --set KEY=VALUE overrides single keys, dotted for nested fields; a VALUE is
-  read as YAML. Later sources win: the recipe, the file, --set, then options. Unknown keys are
+  read as YAML. Later sources win: the recipe, --modality, the file, --set, then options. Unknown keys are
   errors. Relative paths (data, out) are taken from the current folder, as on the command line.
 
     # run.yaml

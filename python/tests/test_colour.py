@@ -168,3 +168,18 @@ def test_cli_pretrain_embed_evaluate_fundus(tmp_path):
     assert metrics["pairs"] == 2 and metrics["points"] > 0 and np.isfinite(metrics["mean_error"])
     assert "pair correspondence" in r.stdout and (tmp_path / "eval" / "report.md").exists()
     assert "--modality" in ace_cli("pretrain", "--help").stdout
+
+
+def test_modality_sits_under_the_users_settings():
+    from ace.runconfig import RunSettings, check_layer, merge
+
+    settings = RunSettings(merge([check_layer("file", {"modality": "fundus", "augment": {"color_jitter_p": 0.5}}),
+                                  check_layer("--set", {"mean": [0.4, 0.2, 0.1]})]))
+    cfg = settings.config
+    assert cfg.in_chans == 3 and cfg.fov_mask and cfg.std == MODALITIES["fundus"]["std"]
+    assert cfg.augment.color_jitter_p == 0.5 and cfg.augment.grayscale_p == 0.2   # groups merge field by field
+    assert cfg.mean == [0.4, 0.2, 0.1] and cfg.augment.clahe_p == 0
+    plain = RunSettings(merge([check_layer("options", {})])).config
+    assert plain.in_chans == 1 and not plain.fov_mask and plain.mean == pytest.approx(0.757)
+    with pytest.raises(ace.ACEError, match="modality"):
+        check_layer("options", {"modality": "mri"})
