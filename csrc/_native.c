@@ -325,17 +325,17 @@ static PyObject *Trainer_save(TrainerObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* step(images float32 (B, H, W)) -> tuple of ACE_TRAINER_STATS floats. */
+/* step(images float32 (B, C, H, W)) -> tuple of ACE_TRAINER_STATS floats. */
 static PyObject *Trainer_step(TrainerObject *self, PyObject *args) {
     PyObject *obj;
     if (!check_trainer(self) || !PyArg_ParseTuple(args, "O", &obj)) return NULL;
-    PyArrayObject *x = float_array(obj, 3, "images");
+    PyArrayObject *x = float_array(obj, 4, "images");
     if (!x) return NULL;
     double stats[ACE_TRAINER_STATS];
     npy_intp *s = PyArray_DIMS(x);
     int32_t status;
     Py_BEGIN_ALLOW_THREADS
-    status = ace_trainer_step(self->handle, PyArray_DATA(x), s[0], s[1], s[2], stats);
+    status = ace_trainer_step(self->handle, PyArray_DATA(x), s[0], s[1], s[2], s[3], stats);
     Py_END_ALLOW_THREADS
     Py_DECREF(x);
     if (status) return raise_core_error();
@@ -350,18 +350,18 @@ static PyObject *stats_tuple(const double *stats) {
     return out;
 }
 
-/* compute_gradients(images float32 (B, H, W), first_image) -> stats tuple (the loss terms). */
+/* compute_gradients(images float32 (B, C, H, W), first_image) -> stats tuple (the loss terms). */
 static PyObject *Trainer_compute_gradients(TrainerObject *self, PyObject *args) {
     PyObject *obj;
     long long first = 0;
     if (!check_trainer(self) || !PyArg_ParseTuple(args, "OL", &obj, &first)) return NULL;
-    PyArrayObject *x = float_array(obj, 3, "images");
+    PyArrayObject *x = float_array(obj, 4, "images");
     if (!x) return NULL;
     double stats[ACE_TRAINER_STATS];
     npy_intp *s = PyArray_DIMS(x);
     int32_t status;
     Py_BEGIN_ALLOW_THREADS
-    status = ace_trainer_compute_gradients(self->handle, PyArray_DATA(x), s[0], s[1], s[2], first, stats);
+    status = ace_trainer_compute_gradients(self->handle, PyArray_DATA(x), s[0], s[1], s[2], s[3], first, stats);
     Py_END_ALLOW_THREADS
     Py_DECREF(x);
     if (status) return raise_core_error();
@@ -414,10 +414,10 @@ static PyObject *Trainer_encoder(TrainerObject *self, PyObject *args) {
 static PyMethodDef Trainer_methods[] = {
     {"config_json", (PyCFunction)Trainer_config_json, METH_NOARGS, "The run's config as JSON."},
     {"save", (PyCFunction)Trainer_save, METH_VARARGS, "save(path): the whole run, atomically."},
-    {"step", (PyCFunction)Trainer_step, METH_VARARGS, "step(images float32 (B, H, W)) -> stats tuple."},
+    {"step", (PyCFunction)Trainer_step, METH_VARARGS, "step(images float32 (B, C, H, W)) -> stats tuple."},
     {"steps", (PyCFunction)Trainer_steps, METH_NOARGS, "Steps taken so far."},
     {"compute_gradients", (PyCFunction)Trainer_compute_gradients, METH_VARARGS,
-     "compute_gradients(images float32 (B, H, W), first_image) -> stats tuple (loss terms)."},
+     "compute_gradients(images float32 (B, C, H, W), first_image) -> stats tuple (loss terms)."},
     {"apply_gradients", (PyCFunction)Trainer_apply_gradients, METH_NOARGS, "apply_gradients() -> stats tuple."},
     {"buffer", (PyCFunction)Trainer_buffer, METH_VARARGS,
      "buffer(0 gradients | 1 center statistic) -> float32 array sharing the core's memory."},

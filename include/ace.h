@@ -69,15 +69,16 @@ int32_t ace_trainer_load(const char *path, void **out);
 void ace_trainer_free(void *trainer);
 const char *ace_trainer_config(void *trainer);
 int32_t ace_trainer_save(void *trainer, const char *path);
-int32_t ace_trainer_step(void *trainer, const float *images, int64_t batch, int64_t height,
-                         int64_t width, double *stats /* ACE_TRAINER_STATS */);
+/* images (batch, channels, height, width) float32 in [0, 1]; channels must be the run's in_chans. */
+int32_t ace_trainer_step(void *trainer, const float *images, int64_t batch, int64_t channels,
+                         int64_t height, int64_t width, double *stats /* ACE_TRAINER_STATS */);
 int64_t ace_trainer_steps(void *trainer); /* steps taken so far */
 /* A step in two halves, for data-parallel training: compute_gradients (first_image: the global
  * position of images[0] in the step's batch; stats: the loss terms) fills the gradient buffer
  * and the center statistic; the caller may average them across processes; apply_gradients
  * clips, updates and returns the full stats. ace_trainer_step is the two in one call. */
 int32_t ace_trainer_compute_gradients(void *trainer, const float *images, int64_t batch,
-                                      int64_t height, int64_t width, int64_t first_image,
+                                      int64_t channels, int64_t height, int64_t width, int64_t first_image,
                                       double *stats /* ACE_TRAINER_STATS */);
 int32_t ace_trainer_apply_gradients(void *trainer, double *stats /* ACE_TRAINER_STATS */);
 /* which: 0 all trainable gradients (one contiguous float32 buffer), 1 the DINO center's batch

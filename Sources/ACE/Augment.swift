@@ -2,8 +2,9 @@
 /// sampler of the DINO baseline.
 ///
 /// The augmentations are purely photometric: no pixel moves, so the exact token correspondence
-/// of the grid crops is kept. Images are single-channel Float32, row-major, values roughly in
-/// [0, 1].
+/// of the grid crops is kept. Images are Float32 planes (one per channel), row-major, values
+/// roughly in [0, 1]. Colour images (3 channels, R G B) get the same transforms on every channel
+/// with the same random values, and DINO's colour jitter and random grayscale before them.
 import Glibc
 
 public struct AugmentConfig: Settings, Equatable {
@@ -30,6 +31,19 @@ public struct AugmentConfig: Settings, Equatable {
     public var claheP: Float = 0
     public var claheClip: Float = 4
     public var claheTiles: Float = 8
+    /// Colour images only (in_chans 3): with probability colorJitterP, torchvision's
+    /// ColorJitter(brightness, contrast, saturation, hue) as DINO uses it (p 0.8, 0.4 / 0.4 /
+    /// 0.2 / 0.1): brightness x -> b x, contrast x -> c x + (1 - c) mean(gray), saturation
+    /// x -> s x + (1 - s) gray (factors uniform in [max(0, 1 - v), 1 + v], each result clamped to
+    /// [0, 1]), and a hue rotation by h uniform in [-hue, hue] turns, in a random order. Then,
+    /// with probability grayscaleP (DINO 0.2), every channel becomes the gray value.
+    /// gray = 0.2989 R + 0.587 G + 0.114 B, as torchvision's rgb_to_grayscale.
+    public var colorJitterP: Float = 0
+    public var jitterBrightness: Float = 0.4
+    public var jitterContrast: Float = 0.4
+    public var jitterSaturation: Float = 0.2
+    public var jitterHue: Float = 0.1
+    public var grayscaleP: Float = 0
 
     /// The defaults of DESIGN.md: brightness/contrast p 0.5 +-0.2, blur p 0.5, sharpen p 0.3,
     /// gamma off.
@@ -39,12 +53,14 @@ public struct AugmentConfig: Settings, Equatable {
     public static var off: AugmentConfig {
         var c = AugmentConfig()
         c.brightnessContrastP = 0; c.blurP = 0; c.sharpenP = 0; c.gammaP = 0; c.claheP = 0
+        c.colorJitterP = 0; c.grayscaleP = 0
         return c
     }
 
     public func validate() throws {
         for (name, p) in [("brightness_contrast_p", brightnessContrastP), ("blur_p", blurP),
-                          ("sharpen_p", sharpenP), ("gamma_p", gammaP), ("clahe_p", claheP)] {
+                          ("sharpen_p", sharpenP), ("gamma_p", gammaP), ("clahe_p", claheP),
+                          ("color_jitter_p", colorJitterP), ("grayscale_p", grayscaleP)] {
             try require(p >= 0 && p <= 1, "\(name) must be a probability in [0, 1], got \(p)")
         }
         try require(brightness >= 0 && brightness.isFinite,
@@ -60,14 +76,23 @@ public struct AugmentConfig: Settings, Equatable {
                     "clahe_tiles must be a whole number in 1...64, got \(claheTiles)")
         try require(gammaMin > 0 && gammaMin <= gammaMax && gammaMax.isFinite,
                     "gamma range must satisfy 0 < gamma_min <= gamma_max, got [\(gammaMin), \(gammaMax)]")
+        for (name, v) in [("jitter_brightness", jitterBrightness), ("jitter_contrast", jitterContrast),
+                          ("jitter_saturation", jitterSaturation)] {
+            try require(v >= 0 && v.isFinite, "\(name) must be finite and non-negative, got \(v)")
+        }
+        try require(jitterHue >= 0 && jitterHue <= 0.5, "jitter_hue must be in [0, 0.5], got \(jitterHue)")
     }
 }
 
 public struct PhotometricAugment {
     public let config: AugmentConfig
 
-    /// Random numbers drawn by every apply() call, whichever transforms fire.
+    /// Random numbers drawn by every apply() call on a single-channel image, whichever
+    /// transforms fire.
     public static let drawsPerCall = 9
+    /// Random numbers a colour (3-channel) image draws from its own colour stream: colour
+    /// jitter (fire, four factors, three for the order) and grayscale.
+    public static let colourDrawsPerCall = 9
 
     /// The config is used as given; call `config.validate()` first for configs from outside
     /// (an invalid config never traps, it may give meaningless pixels).
@@ -80,35 +105,157 @@ public struct PhotometricAugment {
     /// aligned no matter which transforms fire. A transform with probability p fires when its
     /// uniform u satisfies u < p (p = 0: never, p = 1: always). A non-positive size is a no-op.
     public func apply(_ image: UnsafeMutablePointer<Float>, size: Int, rng: inout RNG) {
+        var unused = RNG(seed: 0)
+        apply(image, channels: 1, size: size, rng: &rng, colourRNG: &unused)
+    }
+
+    /// As `apply(_:size:rng:)` on `channels` planes of size x size (1 or 3), drawing the same
+    /// `drawsPerCall` uniforms from `rng`. A colour image also draws `colourDrawsPerCall`
+    /// uniforms from `colourRNG` (a separate stream, so the grey draws, and with the colour
+    /// transforms off the pixels, are those of each channel alone) and gets the colour jitter
+    /// and grayscale of `AugmentConfig` on its [0, 1] input; then every plane gets the grey
+    /// transforms with the same random values (brightness/contrast around its own mean).
+    public func apply(_ image: UnsafeMutablePointer<Float>, channels: Int, size: Int, rng: inout RNG,
+                      colourRNG: inout RNG) {
         let c = config
         let uGamma = rng.uniform(), uGammaValue = rng.uniform()
         let uBC = rng.uniform(), uBrightness = rng.uniform(), uContrast = rng.uniform()
         let uBlur = rng.uniform(), uSigma = rng.uniform()
         let uSharpen = rng.uniform()
         let uClahe = rng.uniform()
+        var colour: [Double] = []
+        if channels == 3 { colour = (0..<Self.colourDrawsPerCall).map { _ in colourRNG.uniform() } }
 
         guard size > 0, !size.multipliedReportingOverflow(by: size).overflow else { return }
         let n = size * size
 
-        if uClahe < Double(c.claheP) {
-            clahe(image, width: size, height: size, tiles: Int(c.claheTiles), clip: c.claheClip)
+        if channels == 3 {
+            let (r, g, b) = (image, image + n, image + 2 * n)
+            if colour[0] < Double(c.colorJitterP) {
+                func factor(_ v: Float, _ u: Double) -> Float {
+                    Float(max(0, 1 - Double(v)) + (1 + Double(v) - max(0, 1 - Double(v))) * u)
+                }
+                let fb = factor(c.jitterBrightness, colour[1]), fc = factor(c.jitterContrast, colour[2])
+                let fs = factor(c.jitterSaturation, colour[3])
+                let fh = Float(Double(c.jitterHue) * (2 * colour[4] - 1))
+                for op in randomOrder(colour[5], colour[6], colour[7]) {
+                    switch op {
+                    case 0: adjustBrightness(r, g, b, count: n, factor: fb)
+                    case 1: adjustContrast(r, g, b, count: n, factor: fc)
+                    case 2: adjustSaturation(r, g, b, count: n, factor: fs)
+                    default: adjustHue(r, g, b, count: n, shift: fh)
+                    }
+                }
+            }
+            if colour[8] < Double(c.grayscaleP) { toGrayscale(r, g, b, count: n) }
         }
-        if uGamma < Double(c.gammaP) {
-            let g = Float(Double(c.gammaMin) + Double(c.gammaMax - c.gammaMin) * uGammaValue)
-            applyGamma(image, count: n, gamma: g)
+        for ch in 0..<max(channels, 1) {
+            let plane = image + ch * n
+            if uClahe < Double(c.claheP) {
+                clahe(plane, width: size, height: size, tiles: Int(c.claheTiles), clip: c.claheClip)
+            }
+            if uGamma < Double(c.gammaP) {
+                let g = Float(Double(c.gammaMin) + Double(c.gammaMax - c.gammaMin) * uGammaValue)
+                applyGamma(plane, count: n, gamma: g)
+            }
+            if uBC < Double(c.brightnessContrastP) {
+                let b = Float(Double(c.brightness) * (2 * uBrightness - 1))
+                let f = Float(1 + Double(c.contrast) * (2 * uContrast - 1))
+                applyBrightnessContrast(plane, count: n, brightness: b, contrast: f)
+            }
+            if uBlur < Double(c.blurP) {
+                let sigma = Float(Double(c.blurSigmaMin) + Double(c.blurSigmaMax - c.blurSigmaMin) * uSigma)
+                gaussianBlur(plane, to: plane, width: size, height: size, sigma: sigma)
+            }
+            if uSharpen < Double(c.sharpenP) {
+                unsharpMask(plane, width: size, height: size, amount: c.sharpenAmount)
+            }
         }
-        if uBC < Double(c.brightnessContrastP) {
-            let b = Float(Double(c.brightness) * (2 * uBrightness - 1))
-            let f = Float(1 + Double(c.contrast) * (2 * uContrast - 1))
-            applyBrightnessContrast(image, count: n, brightness: b, contrast: f)
-        }
-        if uBlur < Double(c.blurP) {
-            let sigma = Float(Double(c.blurSigmaMin) + Double(c.blurSigmaMax - c.blurSigmaMin) * uSigma)
-            gaussianBlur(image, to: image, width: size, height: size, sigma: sigma)
-        }
-        if uSharpen < Double(c.sharpenP) {
-            unsharpMask(image, width: size, height: size, amount: c.sharpenAmount)
-        }
+    }
+}
+
+// MARK: - Colour transforms (torchvision's ColorJitter semantics on float images)
+
+/// A uniformly random order of the four jitter transforms (0 brightness, 1 contrast,
+/// 2 saturation, 3 hue) from three uniforms: Fisher-Yates, swapping slot i with slot
+/// floor(u * (i + 1)) for i = 3, 2, 1.
+func randomOrder(_ u3: Double, _ u2: Double, _ u1: Double) -> [Int] {
+    var order = [0, 1, 2, 3]
+    for (i, u) in [(3, u3), (2, u2), (1, u1)] { order.swapAt(i, min(Int(u * Double(i + 1)), i)) }
+    return order
+}
+
+@inline(__always) func clamp01(_ x: Float) -> Float { min(max(x, 0), 1) }
+
+/// torchvision's rgb_to_grayscale weights.
+@inline(__always) func gray(_ r: Float, _ g: Float, _ b: Float) -> Float { 0.2989 * r + 0.587 * g + 0.114 * b }
+
+/// x -> clamp(f x, 0, 1) on every channel.
+func adjustBrightness(_ r: UnsafeMutablePointer<Float>, _ g: UnsafeMutablePointer<Float>,
+                      _ b: UnsafeMutablePointer<Float>, count: Int, factor f: Float) {
+    for p in [r, g, b] { for i in 0..<count { p[i] = clamp01(f * p[i]) } }
+}
+
+/// x -> clamp(f x + (1 - f) m, 0, 1), m the mean gray value of the image.
+func adjustContrast(_ r: UnsafeMutablePointer<Float>, _ g: UnsafeMutablePointer<Float>,
+                    _ b: UnsafeMutablePointer<Float>, count: Int, factor f: Float) {
+    guard count > 0 else { return }
+    var s = 0.0
+    for i in 0..<count { s += Double(gray(r[i], g[i], b[i])) }
+    let offset = (1 - f) * Float(s / Double(count))
+    for p in [r, g, b] { for i in 0..<count { p[i] = clamp01(f * p[i] + offset) } }
+}
+
+/// x -> clamp(f x + (1 - f) gray, 0, 1) per pixel: f = 0 gives the gray image, f = 1 the input.
+func adjustSaturation(_ r: UnsafeMutablePointer<Float>, _ g: UnsafeMutablePointer<Float>,
+                      _ b: UnsafeMutablePointer<Float>, count: Int, factor f: Float) {
+    for i in 0..<count {
+        let l = (1 - f) * gray(r[i], g[i], b[i])
+        r[i] = clamp01(f * r[i] + l); g[i] = clamp01(f * g[i] + l); b[i] = clamp01(f * b[i] + l)
+    }
+}
+
+/// Every channel the gray value.
+func toGrayscale(_ r: UnsafeMutablePointer<Float>, _ g: UnsafeMutablePointer<Float>,
+                 _ b: UnsafeMutablePointer<Float>, count: Int) {
+    for i in 0..<count { let l = gray(r[i], g[i], b[i]); r[i] = l; g[i] = l; b[i] = l }
+}
+
+/// Rotates the hue by `shift` turns (h -> (h + shift) mod 1 in HSV), keeping saturation and
+/// value. Inputs are clamped to [0, 1] first (HSV is defined there).
+func adjustHue(_ r: UnsafeMutablePointer<Float>, _ g: UnsafeMutablePointer<Float>,
+               _ b: UnsafeMutablePointer<Float>, count: Int, shift: Float) {
+    for i in 0..<count {
+        let (h, s, v) = rgbToHSV(clamp01(r[i]), clamp01(g[i]), clamp01(b[i]))
+        var hh = (h + shift).truncatingRemainder(dividingBy: 1)
+        if hh < 0 { hh += 1 }
+        (r[i], g[i], b[i]) = hsvToRGB(hh, s, v)
+    }
+}
+
+/// RGB in [0, 1] -> (hue in [0, 1) turns, saturation, value); gray pixels have hue 0.
+func rgbToHSV(_ r: Float, _ g: Float, _ b: Float) -> (Float, Float, Float) {
+    let v = max(r, g, b), lo = min(r, g, b), chroma = v - lo
+    guard chroma > 0 else { return (0, 0, v) }
+    var h: Float
+    if v == r { h = (g - b) / chroma } else if v == g { h = 2 + (b - r) / chroma } else { h = 4 + (r - g) / chroma }
+    h /= 6
+    if h < 0 { h += 1 }
+    if h >= 1 { h -= 1 }
+    return (h, chroma / v, v)
+}
+
+/// (hue in [0, 1) turns, saturation, value) -> RGB, the inverse of `rgbToHSV`.
+func hsvToRGB(_ h: Float, _ s: Float, _ v: Float) -> (Float, Float, Float) {
+    let h6 = h * 6, sector = min(Int(h6), 5), f = h6 - Float(sector)
+    let p = clamp01(v * (1 - s)), q = clamp01(v * (1 - s * f)), t = clamp01(v * (1 - s * (1 - f)))
+    switch sector {
+    case 0: return (v, t, p)
+    case 1: return (q, v, p)
+    case 2: return (p, v, t)
+    case 3: return (p, q, v)
+    case 4: return (t, p, v)
+    default: return (v, p, q)
     }
 }
 

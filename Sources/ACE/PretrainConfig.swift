@@ -47,8 +47,14 @@ public struct PretrainConfig: Settings, Equatable {
     // Data
     public var grid = GridConfig()
     public var augment = AugmentConfig()
-    public var mean: Float = 0.757
-    public var std: Float = 0.200
+    /// Normalization of the views, (x - mean) / std per channel: one number (grey images, or
+    /// every channel) or one per channel (R, G, B).
+    public var mean: ChannelValues = 0.757
+    public var std: ChannelValues = 0.200
+    /// Zero the pixels outside the field of view, the ellipse inscribed in the image (the
+    /// circle of a square colour fundus photograph), before resizing: pixel (x, y) of a
+    /// W x H image is kept when ((x + 0.5) / W - 0.5)^2 + ((y + 0.5) / H - 0.5)^2 <= 1/4.
+    public var fovMask = false
     public var dinoScaleMin: Float = 0.4
     public var dinoScaleMax: Float = 1
     /// Before gridding, a random-resized crop of the image keeping at least this fraction of
@@ -98,7 +104,11 @@ public struct PretrainConfig: Settings, Equatable {
         try require((0...1).contains(alphaComp) && (0...1).contains(alphaDecomp), "alpha_comp and alpha_decomp must be in [0, 1]")
         try require(lr > 0 && minLr >= 0 && (0...1).contains(warmupFraction), "lr must be positive, min_lr >= 0, warmup_fraction in [0, 1]")
         try require(weightDecay >= 0 && weightDecayEnd >= 0 && clipGrad >= 0, "weight decay and clip_grad must be non-negative")
-        try require(std > 0, "std must be positive")
+        try mean.validate("mean", channels: inChans, positive: false)
+        try std.validate("std", channels: inChans, positive: true)
+        try require(augment.colorJitterP == 0 && augment.grayscaleP == 0 || inChans == 3,
+                    "augment.color_jitter_p and augment.grayscale_p apply to colour images (in_chans 3), "
+                    + "this run has in_chans \(inChans)")
         try require(dinoScaleMin > 0 && dinoScaleMin <= dinoScaleMax && dinoScaleMax <= 1, "dino scale must satisfy 0 < min <= max <= 1")
         try require(preCropScaleMin > 0 && preCropScaleMin <= 1, "pre_crop_scale_min must be in (0, 1], got \(preCropScaleMin)")
         try Limits.requireMemory(trainingBytes(encoderSpec),

@@ -28,7 +28,9 @@ public final class Trainer {
     private let augment: PhotometricAugment
     private let compLoss: LocalMatchLoss, decompLoss: LocalMatchLoss
     private let globalLoss: GlobalLoss
-    private let resized = Tensor([0]), views = Tensor([0])
+    private let resized = Tensor([0]), masked = Tensor([0])
+    /// The last step's views (2B, in_chans, input, input), normalized, as the encoders saw them.
+    public let views = Tensor([0])
     private let dTokens = Tensor([0]), dz = Tensor([0])
     private let pooledStudent = Tensor([0]), pooledTeacher = Tensor([0])
     private let dLogits = Tensor([0]), dPooled = Tensor([0])
@@ -125,7 +127,7 @@ public final class Trainer {
 
     // MARK: - The training step
 
-    /// images: (B, height, width) floats in [0, 1]. Builds the views, runs one update.
+    /// images: (B, in_chans, height, width) floats in [0, 1]. Builds the views, runs one update.
     ///
     /// A step is a transaction: the losses and the gradient norm are checked before anything
     /// is committed (weights, AdamW moments, step counter, generator, center). A step that
@@ -147,7 +149,7 @@ public final class Trainer {
                                  firstImage: Int = 0) throws -> Stats {
         try checkImages(batch: b, height: height, width: width)
         try Limits.require(firstImage, in: 0...Limits.batch * 4096, "first image index")
-        let count = b * height * width
+        let count = b * config.inChans * height * width
         for i in 0..<count where !images[i].isFinite {
             throw ACEError("images contain NaN or infinite values")
         }
@@ -285,6 +287,11 @@ public final class Trainer {
     /// each resized, cropped, augmented and normalized. Returns the grid crops (ACE) or the
     /// full-view geometry stand-ins (DINO) used for pooling.
     ///
+    /// `images` are (B, in_chans, height, width): every channel is cropped and resized with
+    /// the same boxes (a colour view is the grey pipeline applied to each channel), augmented
+    /// together (see `PhotometricAugment`) and normalized with its own mean and std. With
+    /// `fov_mask` the pixels outside the inscribed field of view are zeroed first.
+    ///
     /// Every random draw is made first, from image i's own stream seeded by `imageKeys[i]`, in
     /// one fixed order (the optional pre-crop, its two boxes, then each view's augmentation
     /// draws), so the pixel work can run in parallel over images and the result depends on
@@ -296,7 +303,9 @@ public final class Trainer {
         let g = config.grid, size = g.inputSize, chans = config.inChans
         try checkImages(batch: b, height: height, width: width)
         let workers = workerCount
-        resized.reshape([workers, g.imageSize, g.imageSize])
+        let canvasSize = g.imageSize * g.imageSize, plane = height * width, viewSize = size * size
+        resized.reshape([workers, chans, g.imageSize, g.imageSize])
+        masked.reshape(config.fovMask ? [workers, chans, height, width] : [0])
         views.reshape([2 * b, chans, size, size])
         var crops: [GridCrop] = []
         var plans: [(source: (x: Int, y: Int, w: Int, h: Int), boxes: [(x: Int, y: Int, w: Int, h: Int)],
@@ -324,24 +333,40 @@ public final class Trainer {
         }
         var failure: Error?
         let failureLock = Lock()
-        let (mean, inv) = (config.mean, 1 / config.std)
+        let (mean, std) = (config.mean, config.std)
         parallelWorkers(b, minPerChunk: 1, workers: workers) { range, worker in
-            let canvas = resized.data + worker * g.imageSize * g.imageSize
+            let canvas = resized.data + worker * chans * canvasSize
             for i in range {
+                var image = images + i * chans * plane
+                if config.fovMask {
+                    let copy = masked.data + worker * chans * plane
+                    copy.update(from: image, count: chans * plane)
+                    for ch in 0..<chans { maskFieldOfView(copy + ch * plane, width: width, height: height) }
+                    image = UnsafePointer(copy)
+                }
                 do {
-                    try cropResizeChecked(images + i * height * width, width: width, height: height,
-                                          box: plans[i].source, to: canvas, size: g.imageSize)
+                    for ch in 0..<chans {
+                        try cropResizeChecked(image + ch * plane, width: width, height: height,
+                                              box: plans[i].source, to: canvas + ch * canvasSize, size: g.imageSize)
+                    }
                 } catch {
                     failureLock.locked { failure = error }
                     return
                 }
                 for (v, box) in plans[i].boxes.enumerated() {
-                    let view = views.data + ((v * b + i) * chans) * size * size
-                    cropResize(canvas, width: g.imageSize, height: g.imageSize, box: box, to: view, size: size)
-                    var stream = plans[i].augment[v]
-                    augment.apply(view, size: size, rng: &stream)
-                    for j in 0..<(size * size) { view[j] = (view[j] - mean) * inv }
-                    for ch in 1..<max(chans, 1) { (view + ch * size * size).update(from: view, count: size * size) }
+                    let view = views.data + ((v * b + i) * chans) * viewSize
+                    for ch in 0..<chans {
+                        cropResize(canvas + ch * canvasSize, width: g.imageSize, height: g.imageSize, box: box,
+                                   to: view + ch * viewSize, size: size)
+                    }
+                    // Colour draws come from a stream of their own: grey draws (and runs) are
+                    // those of before colour training.
+                    var stream = plans[i].augment[v], colourStream = RNG(seed: mix64(imageKeys[i] ^ (0xC0105 &+ UInt64(v))))
+                    augment.apply(view, channels: chans, size: size, rng: &stream, colourRNG: &colourStream)
+                    for ch in 0..<chans {
+                        let (m, inv) = (mean(ch), 1 / std(ch)), x = view + ch * viewSize
+                        for j in 0..<viewSize { x[j] = (x[j] - m) * inv }
+                    }
                 }
             }
         }

@@ -64,17 +64,27 @@ public func ace_trainer_save(_ h: UnsafeMutableRawPointer?, _ path: UnsafePointe
     }
 }
 
-/// images (B, H, W) float32 in [0, 1]; stats receives `statCount` doubles.
+/// images (B, C, H, W) float32 in [0, 1], C the run's in_chans; stats receives `statCount` doubles.
 @_cdecl("ace_trainer_step")
 public func ace_trainer_step(_ h: UnsafeMutableRawPointer?, _ images: UnsafePointer<Float>?,
-                             _ b: Int64, _ height: Int64, _ width: Int64,
+                             _ b: Int64, _ channels: Int64, _ height: Int64, _ width: Int64,
                              _ stats: UnsafeMutablePointer<Double>?) -> Int32 {
     guarded {
         let t = try trainerHandle(h)
         guard let images, let stats else { throw ACEError("null images or stats") }
         guard b >= 0, height >= 0, width >= 0 else { throw ACEError("negative image dimension") }
+        try checkChannels(channels, t.trainer)
         let s = try t.lock.locked { try t.trainer.step(images: images, batch: Int(b), height: Int(height), width: Int(width)) }
         writeStats(s, stats)
+    }
+}
+
+/// The images' channel count must be the run's in_chans (the core reads that many planes).
+func checkChannels(_ channels: Int64, _ trainer: Trainer) throws {
+    let expected = trainer.config.inChans
+    guard channels == Int64(expected) else {
+        throw ACEError("images have \(channels) channel(s); this run trains on in_chans \(expected)"
+                       + (expected == 3 ? " (colour R, G, B)" : " (grey)"))
     }
 }
 
@@ -89,12 +99,13 @@ func writeStats(_ s: Trainer.Stats, _ stats: UnsafeMutablePointer<Double>) {
 /// is the global position of images[0] in the step's global batch. stats: the loss terms.
 @_cdecl("ace_trainer_compute_gradients")
 public func ace_trainer_compute_gradients(_ h: UnsafeMutableRawPointer?, _ images: UnsafePointer<Float>?,
-                                          _ b: Int64, _ height: Int64, _ width: Int64, _ firstImage: Int64,
-                                          _ stats: UnsafeMutablePointer<Double>?) -> Int32 {
+                                          _ b: Int64, _ channels: Int64, _ height: Int64, _ width: Int64,
+                                          _ firstImage: Int64, _ stats: UnsafeMutablePointer<Double>?) -> Int32 {
     guarded {
         let t = try trainerHandle(h)
         guard let images, let stats else { throw ACEError("null images or stats") }
         guard b >= 0, height >= 0, width >= 0 else { throw ACEError("negative image dimension") }
+        try checkChannels(channels, t.trainer)
         guard firstImage >= 0 else { throw ACEError("first_image must be >= 0, got \(firstImage)") }
         let s = try t.lock.locked {
             try t.trainer.computeGradients(images: images, batch: Int(b), height: Int(height), width: Int(width),

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .preprocess import JSRT_MEAN, JSRT_STD
+from .config import MODALITIES
 from .runconfig import OBJECTIVES, RUN_DEFAULTS
 
 PHANTOM_IMAGES = 64
@@ -23,7 +24,7 @@ config files:
   --set and --resume, by their long names with underscores (batch_size, checkpoint_every, ...),
   and every ace.PretrainConfig field (head_prototypes, teacher_temp, ...; grid and augment nest
   their fields). --set KEY=VALUE overrides single keys, dotted for nested fields; a VALUE is
-  read as YAML. Later sources win: the recipe, the file, --set, then options. Unknown keys are
+  read as YAML. Later sources win: the recipe, --modality, the file, --set, then options. Unknown keys are
   errors. Relative paths (data, out) are taken from the current folder, as on the command line.
 
     # run.yaml
@@ -102,7 +103,15 @@ def build_parser():
                                    "batch. Threads per rank default to cores / ranks on the node; on one node, fewer\n"
                                    "ranks with more threads each usually win (ranks pay an allreduce per step).")
     p.add_argument("--data", help="folder (recursive), image file or .txt list of PNG/JPEG/TIFF/DICOM; "
-                                  f"omitted: {PHANTOM_IMAGES} procedural chest phantoms")
+                                  f"omitted: {PHANTOM_IMAGES} procedural chest phantoms (fundus phantoms for "
+                                  "--modality fundus)")
+    p.add_argument("--modality", choices=sorted(MODALITIES),
+                   help="imaging modality: xray (the default: grey radiographs) or fundus (colour fundus "
+                        "photographs: in_chans 3, images read as RGB, per-channel mean "
+                        f"{MODALITIES['fundus']['mean']} and std {MODALITIES['fundus']['std']}, the circular "
+                        "field of view masked (fov_mask), DINO's colour jitter (augment.color_jitter_p 0.8: "
+                        "brightness/contrast 0.4, saturation 0.2, hue 0.1) and grayscale (p 0.2) instead of the "
+                        "grey brightness/contrast, no CLAHE). Settings given in --config, --set or options win")
     p.add_argument("--preset", help="encoder: vit_nano, vit_tiny, vit_small, vit_base (default vit_tiny), or "
                    "swin_nano, swin_tiny, swin_small, swin_base (Swin view geometry: 256-px views of 8 x 8 "
                    "final tokens, one 32-px cell each, window_size 8)")
@@ -153,7 +162,10 @@ def build_parser():
     which.add_argument("--checkpoint", help="encoder or training-run checkpoint (.safetensors)")
     which.add_argument("--random-init", metavar="PRESET", help="evaluate an untrained encoder of this preset")
     v.add_argument("--data", help="JSRT-layout folder (images/, masks/, split.json, landmarks_dev.csv); "
-                                  "omitted: 60 phantoms with exact masks and landmarks")
+                                  "omitted: 60 phantoms with exact masks and landmarks. A colour encoder "
+                                  "(in_chans 3, --modality fundus) is evaluated by FIRE-style pair correspondence "
+                                  "on a folder of ace.data.fundus.write_folder (pairs/points.csv), omitted: "
+                                  "fundus phantom pairs")
     v.add_argument("--out", default="runs/evaluate", help="output folder (default runs/evaluate)")
     v.add_argument("--quick", action="store_true", help="fewer trials and pairs, no sliding-window search")
     v.add_argument("--seed", type=seed_int, default=0, help="seed of the random-init encoder")
@@ -227,7 +239,7 @@ def build_parser():
 
 # The command's options that are settings, by config key (argparse's dest is the same name).
 OPTION_KEYS = ("data", "preset", "objective", "epochs", "steps", "batch_size", "lr", "image_size", "out", "seed",
-               "threads", "checkpoint_every", "recipe", "precision")
+               "threads", "checkpoint_every", "recipe", "precision", "modality")
 
 
 def resolve_settings(args):
@@ -256,15 +268,17 @@ def read_run_file(path):
         raise ACEError(f"{path} (written by the run being resumed) is damaged: {e!r}") from None
 
 
-def open_stream(data, seed, image_size, batch_size, group):
-    """The run's batches (batch_size: the global batch); each rank gets its part of each."""
-    from .data import ImageStream, phantom
+def open_stream(data, seed, image_size, batch_size, group, channels=1):
+    """The run's batches (batch_size: the global batch); each rank gets its part of each.
+    Colour runs (channels 3) read RGB; without data they train on fundus phantoms."""
+    from .data import ImageStream, fundus, phantom
     from .errors import ACEError
     if batch_size % group.size:
         raise ACEError(f"the global batch of {batch_size} does not split over {group.size} ranks")
     if data is None:
-        data, _ = phantom.batch(range(PHANTOM_IMAGES), size=image_size)
-    return ImageStream(data, batch_size, image_size, seed=seed, shard=(group.rank, group.size))
+        source = fundus if channels == 3 else phantom
+        data, _ = source.batch(range(PHANTOM_IMAGES), size=image_size)
+    return ImageStream(data, batch_size, image_size, seed=seed, shard=(group.rank, group.size), channels=channels)
 
 
 def set_threads(threads, group):
@@ -287,7 +301,7 @@ def start_run(args, group):
     set_threads(run["threads"], group)
     per_rank = cfg.batch_size
     cfg.batch_size = per_rank * group.size     # the learning-rate scaling uses the global batch
-    stream = open_stream(run["data"], run["seed"], cfg.grid.image_size, cfg.batch_size, group)
+    stream = open_stream(run["data"], run["seed"], cfg.grid.image_size, cfg.batch_size, group, cfg.in_chans)
     total = settings.fit_to_data(len(stream))
     if not group.is_root:
         return group.share_run(None), stream, run, total
@@ -326,7 +340,8 @@ def resume_run(args, group):
     if args.checkpoint_every is not None:
         run["checkpoint_every"] = args.checkpoint_every
     cfg = trainer.config
-    return trainer, open_stream(run["data"], seed, cfg.grid.image_size, cfg.batch_size, group), run, total
+    return (trainer, open_stream(run["data"], seed, cfg.grid.image_size, cfg.batch_size, group, cfg.in_chans),
+            run, total)
 
 
 def pretrain(args):
@@ -493,9 +508,10 @@ def embed_on(group, args):
 
     set_threads(args.threads, group)
     enc = Encoder.load(args.checkpoint)
-    images, paths = load_images(args.data, size=enc.config["img_size"], shard=(group.rank, group.size))
+    images, paths = load_images(args.data, size=enc.config["img_size"], shard=(group.rank, group.size),
+                                channels=enc.config["in_chans"])
     if len(images):
-        cls, tokens = enc.embed(images, batch_size=args.batch_size)
+        cls, tokens = enc.embed(enc.mask_field_of_view(images), batch_size=args.batch_size)
     else:
         cls = tokens = None
     parts = group.gather((cls, tokens, [str(p) for p in paths]))
@@ -587,6 +603,8 @@ def evaluate(args):
         enc, title = Encoder(args.random_init, seed=args.seed), f"Evaluation of a random-init {args.random_init}"
     if args.labels:
         return evaluate_labels(args, enc, title)
+    if enc.config["in_chans"] == 3:
+        return evaluate_fundus(args, enc, title)
     data = load_jsrt(args.data) if args.data else phantom_set()
     out = Path(args.out)
     metrics, figures = run_suite(enc, data, out, quick=args.quick)
@@ -597,6 +615,43 @@ def evaluate(args):
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     write_report(out / "report.md", title, data.source, metrics, figures, enc.config)
     print(f"wrote {out / 'metrics.json'} and {out / 'report.md'}")
+    return 0
+
+
+def evaluate_fundus(args, enc, title):
+    """A colour encoder: FIRE-style correspondence (paper Fig. 10) on image pairs of one eye,
+    from --data (a folder written by ace.data.fundus.write_folder with pairs/points.csv) or
+    procedural fundus phantom pairs with their exact control points."""
+    from .data import fundus
+    from .probes import pair_correspondence
+
+    if args.data:
+        pairs, source = fundus.read_pairs(args.data), str(args.data)
+        stride = 16 if args.quick else 8
+    else:
+        count, size = (4, 256) if args.quick else (12, 512)
+        made = [fundus.pair(10_000 + k, size) for k in range(count)]
+        pairs = [(p.first, p.second, p.points_first, p.points_second) for p in made]
+        source, stride = f"{count} fundus phantom pairs of {size} px", 16 if args.quick else 8
+    query, key, q_pts, k_pts = (list(x) for x in zip(*pairs))
+    result = pair_correspondence(enc, query, key, q_pts, k_pts, stride=stride)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result["errors"] = [np.asarray(e).round(3).tolist() for e in result["errors"]]
+    metrics = {"pair_correspondence": result, "encoder": enc.config, "data": source, "quick": args.quick,
+               "checkpoint": args.checkpoint or f"random-init {args.random_init} seed {args.seed}"}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    lines = [f"# {title}", "", f"Data: {source}.", "",
+             "FIRE-style correspondence: each control point of the first image of a pair located in the "
+             f"second by the nearest {result['patch']}-px window embedding (stride {result['stride']} px).", "",
+             "| | mean error (px) | median error (px) | AUC (success over 1-25 px) |", "| --- | --- | --- | --- |",
+             f"| encoder | {result['mean_error']:.1f} [{result['ci95'][0]:.1f}, {result['ci95'][1]:.1f}] | "
+             f"{result['median_error']:.1f} | {result['auc']:.3f} |",
+             f"| identity (query coordinates) | {result['identity_error']:.1f} | | {result['identity_auc']:.3f} |",
+             "", f"{result['pairs']} pairs, {result['points']} points."]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    print(f"fundus pair correspondence: mean error {result['mean_error']:.1f} px over {result['points']} points "
+          f"(identity {result['identity_error']:.1f} px): wrote {out / 'metrics.json'} and {out / 'report.md'}")
     return 0
 
 

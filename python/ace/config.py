@@ -30,13 +30,17 @@ _CORE_DEFAULTS = json.loads(_native.pretrain_config_defaults())
 
 
 def _default(path, kind):
-    """The core's default of a setting ("grid.window"), as the field's type."""
+    """The core's default of a setting ("grid.window"), as the field's type (or converter)."""
     value = _CORE_DEFAULTS
     for key in path.split("."):
         value = value[key]
     if kind is list:
         return field(default_factory=lambda: copy.deepcopy(value))
     return kind(value)
+def _channel_values(value):
+    return list(value) if isinstance(value, list) else float(value)
+
+
 # Largest run, in optimizer steps (epochs x steps_per_epoch), as in the core.
 MAX_STEPS = 2**40
 # Allowed values of the string settings.
@@ -77,6 +81,14 @@ class AugmentConfig:
     clahe_p: float = _default("augment.clahe_p", float)  # CLAHE probability [authors' code: 0.3]
     clahe_clip: float = _default("augment.clahe_clip", float)  # its clip limit (times the mean bin count)
     clahe_tiles: float = _default("augment.clahe_tiles", float)  # its regions per side
+    # colour images only (in_chans 3): torchvision's ColorJitter as DINO applies it [p 0.8,
+    # 0.4 / 0.4 / 0.2 / 0.1], then RandomGrayscale [p 0.2]
+    color_jitter_p: float = _default("augment.color_jitter_p", float)
+    jitter_brightness: float = _default("augment.jitter_brightness", float)
+    jitter_contrast: float = _default("augment.jitter_contrast", float)
+    jitter_saturation: float = _default("augment.jitter_saturation", float)
+    jitter_hue: float = _default("augment.jitter_hue", float)  # turns of the colour wheel
+    grayscale_p: float = _default("augment.grayscale_p", float)
 
 
 @dataclass
@@ -126,8 +138,12 @@ class PretrainConfig:
     # data
     grid: GridConfig = field(default_factory=GridConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    mean: float = _default("mean", float)  # intensity statistics of the JSRT radiographs
-    std: float = _default("std", float)
+    # intensity statistics of the views: one number (the JSRT radiographs' by default) or one
+    # per channel (R, G, B)
+    mean: "channels" = _default("mean", _channel_values)
+    std: "channels" = _default("std", _channel_values)
+    # zero the pixels outside the field of view inscribed in the image (colour fundus photographs)
+    fov_mask: bool = _default("fov_mask", bool)
     dino_scale_min: float = _default("dino_scale_min", float)
     dino_scale_max: float = _default("dino_scale_max", float)
     # random-resized crop before gridding; 1 = off [authors' code: 0.85]
@@ -178,7 +194,7 @@ class PretrainConfig:
             raise ACEError(f"unknown PretrainConfig fields: {unknown}")
         if d.get("encoder") in SWIN_PRESETS:
             # A Swin's final tokens are 32 px: its view geometry, under what `d` gives.
-            d = _layered([SWIN_GEOMETRY, d])
+            d = layer_settings([SWIN_GEOMETRY, d])
         return cls(**d).validate()
 
     @classmethod
@@ -197,7 +213,7 @@ class PretrainConfig:
         """
         if name not in RECIPES:
             raise ACEError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}")
-        fields = _layered([RECIPES[name], overrides])
+        fields = layer_settings([RECIPES[name], overrides])
         return cls.from_dict(fields)
 
 
@@ -214,7 +230,7 @@ RECIPES = {
 }
 
 
-def _layered(layers):
+def layer_settings(layers):
     """Settings dicts merged in order, later ones winning; grid / augment dicts merge field by
     field. The layers are not changed."""
     fields = {}
@@ -227,6 +243,25 @@ def _layered(layers):
     return fields
 
 
+# Settings per imaging modality (`ace pretrain --modality`), applied after the recipe and
+# before the user's own settings.
+MODALITIES = {
+    "xray": {},
+    # Colour fundus photographs (EyePACS-like): RGB; per-channel statistics of a red-dominated
+    # disc on a black border (R brightest, B darkest), measured on 32 procedural fundus phantoms
+    # over the whole image, border included, as the views contain it (set `mean`/`std` from
+    # your own data for real photographs); DINO's colour jitter and random grayscale instead of
+    # the grey brightness/contrast; no CLAHE; the circular field of view masked.
+    "fundus": {
+        "in_chans": 3,
+        "mean": [0.431, 0.202, 0.092],
+        "std": [0.307, 0.147, 0.072],
+        "fov_mask": True,
+        "augment": {"brightness_contrast_p": 0.0, "clahe_p": 0.0, "color_jitter_p": 0.8, "grayscale_p": 0.2},
+    },
+}
+
+
 def _nested(key, value, cls):
     """A GridConfig / AugmentConfig from itself or from a dict of its fields."""
     if isinstance(value, cls):
@@ -237,6 +272,21 @@ def _nested(key, value, cls):
     if unknown:
         raise ACEError(f"unknown {key} fields: {unknown}")
     return cls(**value)
+
+
+def _require_channel_values(name, value, positive):
+    """A number, or a list of 1 or 3 numbers (the core checks the count against in_chans)."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        values = [require_float(f"{name}[{i}]", v, -FLOAT32_MAX, FLOAT32_MAX) for i, v in enumerate(value)]
+        if len(values) not in (1, 3):
+            raise ACEError(f"{name} must be one number or one per channel (3 for R, G, B), got {len(values)} values")
+        if positive and min(values) <= 0:
+            raise ACEError(f"{name} must be positive, got {values}")
+        return values
+    value = require_float(name, value, -FLOAT32_MAX, FLOAT32_MAX)
+    if positive and value <= 0:
+        raise ACEError(f"{name} must be positive, got {value}")
+    return value
 
 
 def _check_fields(config, prefix=""):
@@ -252,6 +302,8 @@ def _check_fields(config, prefix=""):
             if not isinstance(value, (bool, np.bool_)):
                 raise ACEError(f"{name} must be true or false, got {value!r}")
             value = bool(value)
+        elif f.type == "channels":
+            value = _require_channel_values(name, value, positive=f.name == "std")
         elif f.type is str:
             value = require_choice(name, value, _CHOICES[f.name],
                                    "a preset:" if f.name == "encoder" else "one of")

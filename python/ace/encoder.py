@@ -7,7 +7,8 @@ import numpy as np
 from . import _native
 from .config import PRESETS, SWIN_PRESETS
 from .errors import ACEError
-from .preprocess import JSRT_MEAN, JSRT_STD, check_image_size, resize, to_channels, to_unit_float
+from .preprocess import (JSRT_MEAN, JSRT_STD, apply_fov_mask, channel_stats, check_image_size, resize, to_channels,
+                         to_unit_float)
 from .validate import (INT32_MAX, UINT64_MAX, require_choice, require_float, require_int, require_path,
                        require_real_array)
 
@@ -24,7 +25,7 @@ class Encoder:
     """
 
     def __init__(self, preset="vit_tiny", *, in_chans=1, img_size=224, drop_path=0.0, seed=0,
-                 mean=JSRT_MEAN, std=JSRT_STD, precision="auto", window_size=None):
+                 mean=JSRT_MEAN, std=JSRT_STD, precision="auto", window_size=None, fov_mask=False):
         if not isinstance(preset, str) or preset not in PRESETS:
             raise ACEError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
         # Types and int32/uint64 bounds here; the core checks the ranges (in_chans 1 or 3,
@@ -41,28 +42,34 @@ class Encoder:
             config = json.loads(_native.Encoder(preset, args[0], 224, args[2], args[3]).config_json())
             config.update(img_size=args[1], window_size=require_int("window_size", window_size, 1, INT32_MAX))
             self._native = _native.encoder_from_json(json.dumps(config), args[3])
-        self._init_common(mean, std)
+        self._init_common(mean, std, fov_mask=fov_mask)
         self.precision = precision
 
     @classmethod
-    def from_config(cls, config, *, seed=0, mean=JSRT_MEAN, std=JSRT_STD):
+    def from_config(cls, config, *, seed=0, mean=JSRT_MEAN, std=JSRT_STD, fov_mask=False):
         """An encoder from a config dict as `config` returns it (e.g. a Swin with its own
         embed_dim, depths, num_heads, window_size, img_size); the core validates it."""
         if not isinstance(config, dict):
             raise ACEError(f"config must be a dict, got {type(config).__name__}")
         native = _native.encoder_from_json(json.dumps(config), require_int("seed", seed, 0, UINT64_MAX))
-        return cls._wrap(native, mean, std)
+        return cls._wrap(native, mean, std, fov_mask=fov_mask)
 
     @classmethod
-    def _wrap(cls, native, mean=JSRT_MEAN, std=JSRT_STD, default_features="cls"):
+    def _wrap(cls, native, mean=JSRT_MEAN, std=JSRT_STD, default_features="cls", fov_mask=False):
         enc = cls.__new__(cls)
         enc._native = native
-        enc._init_common(mean, std, default_features)
+        enc._init_common(mean, std, default_features, fov_mask)
         return enc
 
-    def _init_common(self, mean, std, default_features="cls"):
-        self.mean = require_float("mean", mean)
-        self.std = require_float("std", std, positive=True)
+    def _init_common(self, mean, std, default_features="cls", fov_mask=False):
+        # Intensity statistics: one number, or one per channel (R, G, B) of a colour encoder.
+        chans = json.loads(self._native.config_json())["in_chans"]
+        self.mean = _channel_setting("mean", mean, chans)
+        self.std = _channel_setting("std", std, chans, positive=True)
+        # Zero the pixels outside the inscribed field of view before resizing (colour fundus).
+        if not isinstance(fov_mask, (bool, np.bool_)):
+            raise ACEError(f"fov_mask must be true or false, got {fov_mask!r}")
+        self.fov_mask = bool(fov_mask)
         # The representation the encoder's pretraining shapes: the mean of the patch tokens for
         # ACE (its losses never touch the class token), the class token for DINO-style and
         # timm-style encoders. Probes use it for features="default".
@@ -90,13 +97,15 @@ class Encoder:
 
     def save(self, path):
         """Write a safetensors file atomically: timm names, the config JSON and the
-        preprocessing (mean, std, default_features) in the metadata, applied again by `load`."""
-        preprocessing = {"mean": self.mean, "std": self.std, "default_features": self.default_features}
+        preprocessing (mean, std, default_features, fov_mask) in the metadata, applied again by `load`."""
+        preprocessing = {"mean": self.mean, "std": self.std, "default_features": self.default_features,
+                         "fov_mask": self.fov_mask}
         self._native.save(require_path("path", path), json.dumps(preprocessing, sort_keys=True))
 
     def copy(self):
         """An independent encoder with the same config and weights (no optimizer state)."""
-        twin = Encoder._wrap(_native.encoder_from_json(self._native.config_json()), self.mean, self.std)
+        twin = Encoder._wrap(_native.encoder_from_json(self._native.config_json()), self.mean, self.std,
+                             self.default_features, self.fov_mask)
         twin.load_state_dict(self.state_dict())
         return twin
 
@@ -251,11 +260,20 @@ class Encoder:
 
     def preprocess(self, images):
         """uint8/uint16/float images (B, H, W) or (B, H, W, C) -> normalized float32
-        (B, in_chans, img_size, img_size)."""
+        (B, in_chans, img_size, img_size): the training views' pixels (the same resampler and
+        per-channel statistics). Colour images go in channels last (R, G, B). The field-of-view
+        mask is not applied here (images may be patches of one): see `mask_field_of_view`."""
         cfg = self._config
         x = to_channels(to_unit_float(images), cfg["in_chans"])
         x = resize(x, cfg["img_size"])
-        return (x - self.mean) / self.std
+        c = cfg["in_chans"]
+        return (x - channel_stats(self.mean, c, "mean")) / channel_stats(self.std, c, "std")
+
+    def mask_field_of_view(self, images):
+        """Whole images -> float32 with the pixels outside the inscribed field of view zeroed
+        when the encoder's run masked them (`fov_mask`, colour fundus), else as they are (in
+        [0, 1]); `ace embed` applies it to every image before `embed`."""
+        return apply_fov_mask(images) if self.fov_mask else to_unit_float(images)
 
     def embed(self, images, batch_size=64):
         """Images -> (cls (B, C), tokens (B, h, w, C)) float32, in batches. A Swin has no class
@@ -297,13 +315,25 @@ def _run_settings(path):
     try:
         if metadata.get("format") == "ace-trainer":
             config = json.loads(metadata["config"])
-            return {"mean": config["mean"], "std": config["std"],
+            return {"mean": config["mean"], "std": config["std"], "fov_mask": config.get("fov_mask", False),
                     "default_features": "cls" if config["objective"] == "dino" else "mean"}
         if "preprocessing" in metadata:
             saved = json.loads(metadata["preprocessing"])
-            return {"mean": saved["mean"], "std": saved["std"],
+            return {"mean": saved["mean"], "std": saved["std"], "fov_mask": saved.get("fov_mask", False),
                     "default_features": require_choice("default_features", saved["default_features"],
                                                        ("cls", "mean"))}
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise ACEError(f"{path}: damaged preprocessing metadata ({e!r})") from None
     return {}
+
+
+def _channel_setting(name, value, channels, positive=False):
+    """A float, or a list of `channels` floats (one value per channel is kept as given)."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        values = [require_float(f"{name}[{i}]", v, positive=positive) for i, v in enumerate(value)]
+        if len(values) == 1:
+            return values[0]
+        if len(values) != channels:
+            raise ACEError(f"{name} has {len(values)} values; the encoder takes {channels} channel(s)")
+        return values
+    return require_float(name, value, positive=positive)

@@ -103,7 +103,7 @@ def timm_config(enc, which, source):
         "pretrained_cfg": {
             "tag": f"ace_{which}", "custom_load": False, "input_size": [c["in_chans"], size, size],
             "fixed_input_size": True, "interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "squash",
-            "mean": [enc.mean] * c["in_chans"], "std": [enc.std] * c["in_chans"],
+            "mean": _per_channel(enc.mean, c["in_chans"]), "std": _per_channel(enc.std, c["in_chans"]),
             "num_classes": 0, "first_conv": "patch_embed.proj", "classifier": "head",
         },
         "ace": {"preset": c["preset"], "which": which, "source": source, "default_features": enc.default_features},
@@ -143,3 +143,8 @@ def _write_atomically(path, write):
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _per_channel(value, channels):
+    """A mean/std setting (one number or one per channel) as one number per channel."""
+    return list(value) if isinstance(value, list) else [value] * channels

@@ -30,10 +30,10 @@ def embed_table(enc, table, features, batch_size=32, progress=True):
         batch = []
         for path in table.paths[start:start + batch_size]:
             try:
-                batch.append(resize(read_image(path), size))
+                batch.append(resize(read_image(path, enc.config["in_chans"]), size))
             except (ImageReadError, OSError) as e:
                 raise ACEError(f"cannot read the image {path}: {e}") from None
-        cls, tokens = enc.embed(np.stack(batch), batch_size=batch_size)
+        cls, tokens = enc.embed(enc.mask_field_of_view(np.stack(batch)), batch_size=batch_size)
         out.append(cls if features == "cls" else tokens.mean(axis=(1, 2)))
     return np.concatenate(out).astype(np.float64)
 

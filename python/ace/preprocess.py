@@ -87,6 +87,34 @@ def to_channels(images, in_chans, *, name="images"):
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
+def fov_mask(height, width):
+    """bool (height, width): the field of view inscribed in the image (the core's
+    `insideFieldOfView`, the same float64 expression: pixels match exactly)."""
+    dx = (np.arange(width, dtype=np.float64) + 0.5) / width - 0.5
+    dy = (np.arange(height, dtype=np.float64) + 0.5) / height - 0.5
+    return (dx * dx)[None, :] + (dy * dy)[:, None] <= 0.25
+
+
+def apply_fov_mask(images):
+    """Whole images (B, H, W) or (B, H, W, C), as `Encoder.embed` takes them -> float32 in
+    [0, 1] with the pixels outside the field of view zeroed (what a run with `fov_mask` does
+    to each training image before resizing it)."""
+    x = to_unit_float(images)
+    mask = fov_mask(*x.shape[1:3])
+    return np.where(mask if x.ndim == 3 else mask[:, :, None], x, np.float32(0)).astype(np.float32, copy=False)
+
+
+def channel_stats(value, channels, name):
+    """A mean/std setting (one number or one per channel) -> float32 (channels, 1, 1) to
+    broadcast over (B, C, H, W)."""
+    v = np.asarray(value, np.float32).reshape(-1)
+    if v.size == 1:
+        v = np.repeat(v, channels)
+    if v.size != channels:
+        raise ACEError(f"{name} has {v.size} values; the encoder takes {channels} channel(s)")
+    return v.reshape(channels, 1, 1)
+
+
 def resize(x, size):
     """(B, C, H, W) float32 -> (B, C, size, size) with the core's resampler (as training views)."""
     if x.shape[2] == size and x.shape[3] == size:

@@ -4,8 +4,8 @@ and command-line options, resolved into one flat mapping that is saved with the 
 Keys are the command's options by their long names with underscores (`batch_size`,
 `checkpoint_every`) and every `ace.PretrainConfig` field; `grid` and `augment` nest their
 fields (`grid.window` on the command line). `preset` and `image_size` are the options' names
-for the fields `encoder` and `grid.image_size`. Later sources win: the recipe's values, then
-the file, then `--set`, then options.
+for the fields `encoder` and `grid.image_size`. Later sources win: the recipe's values, the
+modality's (`modality: fundus`), then the file, then `--set`, then options.
 """
 import copy
 import dataclasses
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import RECIPES, AugmentConfig, GridConfig, PretrainConfig
+from .config import MODALITIES, RECIPES, layer_settings, AugmentConfig, GridConfig, PretrainConfig
 from .errors import ACEError
 from .validate import UINT64_MAX, require_choice, require_int
 
@@ -32,7 +32,7 @@ OBJECTIVES = {
 # The run's own settings (not PretrainConfig fields) and their defaults. steps None: run
 # for `epochs`.
 RUN_DEFAULTS = {"data": None, "out": "runs/ace", "steps": None, "seed": 0, "threads": None,
-                "checkpoint_every": 100, "recipe": "paper"}
+                "checkpoint_every": 100, "recipe": "paper", "modality": "xray"}
 NESTED = {"grid": GridConfig, "augment": AugmentConfig}
 # Option names that differ from the field they set.
 ALIASES = {"preset": ("encoder",), "image_size": ("grid", "image_size")}
@@ -163,6 +163,8 @@ def _check_run_key(source, key, value):
         return value
     if key == "recipe":
         return require_choice(name, value, list(RECIPES))
+    if key == "modality":
+        return require_choice(name, value, list(MODALITIES))
     limits = {"steps": (1, 2**62), "seed": (0, UINT64_MAX), "threads": (1, 1024), "checkpoint_every": (1, 2**62)}
     return require_int(name, value, *limits[key])
 
@@ -194,7 +196,9 @@ class RunSettings:
         self._given = merged
         self.run = {key: merged.get(key, default) for key, default in RUN_DEFAULTS.items()}
         fields = {key: value for key, value in merged.items() if key not in RUN_DEFAULTS}
-        self.config = PretrainConfig.recipe(self.run["recipe"], **fields)
+        # The modality's settings sit under the user's own (groups merge field by field).
+        self.config = PretrainConfig.recipe(self.run["recipe"],
+                                            **layer_settings([MODALITIES[self.run["modality"]], fields]))
 
     def fit_to_data(self, steps_per_epoch):
         """Epoch length from the data (unless given), epochs from steps (when steps are

@@ -17,8 +17,10 @@ STAT_NAMES = ("loss", "global", "comp", "decomp", "lr", "wd", "momentum", "grad_
 class Trainer:
     """ACE (or DINO-baseline) pretraining: student, EMA teacher, heads, AdamW, schedules.
 
-    `step(images)` takes a batch of radiographs (B, H, W) as uint8, uint16 or floats in
-    [0, 1]; the core resizes, crops, augments, and runs one update. One thread at a time.
+    `step(images)` takes a batch of radiographs (B, H, W), or of colour images (B, H, W, 3)
+    (R, G, B, channels last, as `Encoder.embed`), as uint8, uint16 or floats in [0, 1]; grey
+    images are repeated for a colour run (in_chans 3), colour ones become luma for a grey run.
+    The core resizes, crops, augments, and runs one update. One thread at a time.
     """
 
     def __init__(self, config=None, *, seed=0):
@@ -43,10 +45,10 @@ class Trainer:
 
     def _init_common(self, config):
         self.config = config
-        mean, std = self.config.mean, self.config.std
+        mean, std, fov = self.config.mean, self.config.std, self.config.fov_mask
         features = "cls" if config.objective == "dino" else "mean"
-        self.student = Encoder._wrap(self._native.encoder(0), mean, std, features)
-        self.teacher = Encoder._wrap(self._native.encoder(1), mean, std, features)
+        self.student = Encoder._wrap(self._native.encoder(0), mean, std, features, fov)
+        self.teacher = Encoder._wrap(self._native.encoder(1), mean, std, features, fov)
 
     @property
     def precision(self):
@@ -65,7 +67,7 @@ class Trainer:
 
     def step(self, images):
         """One update on a batch; returns a dict of the loss terms and schedule values."""
-        return _stats(self._native.step(_batch(images)))
+        return _stats(self._native.step(_batch(images, self.config.in_chans)))
 
     # A step in two halves, for data-parallel training (ace.distributed): between them the
     # gradients and the center statistic may be averaged across processes in place.
@@ -76,7 +78,7 @@ class Trainer:
         images[0] in the step's batch (the key of each image's crop, augmentation and drop
         path draws). Returns the loss terms of this batch."""
         first = require_int("first_image", first_image, 0, 2**40)
-        return _stats(self._native.compute_gradients(_batch(images), first))
+        return _stats(self._native.compute_gradients(_batch(images, self.config.in_chans), first))
 
     def apply_gradients(self):
         """Clip, AdamW, EMA teacher and center from the buffers as they are now; returns the
@@ -96,15 +98,12 @@ class Trainer:
         return self._native.buffer(1)
 
 
-def _batch(images):
+def _batch(images, in_chans):
+    """(B, H, W) or (B, H, W, C) images -> float32 (B, in_chans, H, W), the core's layout."""
     x = np.asarray(images)
-    if x.ndim == 4:
-        x = to_channels(to_unit_float(x), 1)[:, 0]
-    elif x.ndim == 3:
-        x = to_unit_float(x)
-    else:
-        raise ACEError(f"images must be (B, H, W), got shape {x.shape}")
-    return np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim not in (3, 4):
+        raise ACEError(f"images must be (B, H, W) or (B, H, W, C), got shape {x.shape}")
+    return to_channels(to_unit_float(x), in_chans)
 
 
 def _stats(values):

@@ -24,6 +24,7 @@ the bifurcations seen in both views. Only numpy and scipy.ndimage are used.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
@@ -107,6 +108,61 @@ def pair(seed: int, size: int = 512, rotation: float = 10.0, scale: tuple[float,
     inside = np.all((in_first >= margin) & (in_first <= size - 1 - margin)
                     & (in_second >= margin) & (in_second <= size - 1 - margin), axis=1)
     return FundusPair(views[0], views[1], first_to_second, in_first[inside], in_second[inside])
+
+
+def write_folder(folder, count: int, size: int = 512, first_seed: int = 0, pairs: int = 0) -> Path:
+    """Write `count` phantom eyes (seeds first_seed, first_seed + 1, ...) as 8-bit RGB PNGs
+    `images/fundus_00000.png` ... into `folder`, with `landmarks.csv` (file, eye, disc_x,
+    disc_y, fovea_x, fovea_y, bifurcations). With `pairs`, also `pairs/` holding FIRE-style
+    pairs (`pair_00000_a.png`, `..._b.png`, seeds first_seed + count ...) and `pairs/points.csv`
+    (pair, point, x_a, y_a, x_b, y_b). For demos and tests: `ace pretrain --modality fundus
+    --data folder/images` reads the images like any folder of photographs, `ace evaluate
+    --data folder` the pairs. Returns the folder."""
+    from PIL import Image
+
+    folder = Path(folder)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    rows = ["file,eye,disc_x,disc_y,fovea_x,fovea_y,bifurcations"]
+    for i in range(count):
+        eye = generate(first_seed + i, size)
+        name = f"images/fundus_{i:05d}.png"
+        Image.fromarray(_to_uint8(eye.image)).save(folder / name)
+        rows.append(f"{name},{eye.eye},{eye.disc[0]:.3f},{eye.disc[1]:.3f},{eye.fovea[0]:.3f},"
+                    f"{eye.fovea[1]:.3f},{len(eye.bifurcations)}")
+    (folder / "landmarks.csv").write_text("\n".join(rows) + "\n")
+    if pairs:
+        pair_dir = folder / "pairs"
+        pair_dir.mkdir(exist_ok=True)
+        rows = ["pair,point,x_a,y_a,x_b,y_b"]
+        for k in range(pairs):
+            p = pair(first_seed + count + k, size)
+            for view, tag in ((p.first, "a"), (p.second, "b")):
+                Image.fromarray(_to_uint8(view)).save(pair_dir / f"pair_{k:05d}_{tag}.png")
+            rows += [f"{k},{j},{a[0]:.3f},{a[1]:.3f},{b[0]:.3f},{b[1]:.3f}"
+                     for j, (a, b) in enumerate(zip(p.points_first, p.points_second))]
+        (pair_dir / "points.csv").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+def read_pairs(folder) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """The pairs `write_folder` wrote (folder or its `pairs/`): a list of (image a, image b,
+    points a, points b), images float32 (H, W, 3) in [0, 1], points (M, 2) x, y."""
+    from .images import read_image
+
+    folder = Path(folder)
+    if (folder / "pairs" / "points.csv").exists():
+        folder = folder / "pairs"
+    table = np.loadtxt(folder / "points.csv", delimiter=",", skiprows=1, ndmin=2)
+    out = []
+    for k in sorted({int(v) for v in table[:, 0]}):
+        rows = table[table[:, 0] == k]
+        a, b = (read_image(folder / f"pair_{k:05d}_{tag}.png", channels=3) for tag in "ab")
+        out.append((a, b, rows[:, 2:4], rows[:, 4:6]))
+    return out
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)
 
 
 # ---------------------------------------------------------------- drawing

@@ -8,7 +8,9 @@ Intensity normalisation is per image and depends on how the file stores it:
 
 * 8-bit and 1-bit images (Pillow modes "L", "1", "P", "LA", "RGB", "RGBA", ...):
   value / 255. Colour images become grayscale by ITU-R 601 luminance
-  (0.299 R + 0.587 G + 0.114 B); alpha is ignored.
+  (0.299 R + 0.587 G + 0.114 B); alpha is ignored. With ``channels=3`` (colour
+  training, e.g. fundus photographs) they stay R, G, B, an (H, W, 3) array, and
+  grey images are repeated into the three channels.
 * 16-bit and 32-bit integer images (Pillow modes "I;16*", "I"): min-max of the
   image, (v - min) / (max - min). Many 16-bit radiographs use only 10-14 bits,
   so dividing by 65535 would leave them nearly black.
@@ -70,8 +72,9 @@ def is_dicom(path: PathLike) -> bool:
     return len(head) == 132 and head[128:] == b"DICM"
 
 
-def read_image(path: PathLike) -> np.ndarray:
-    """Read one radiograph as a 2-D float32 array in [0, 1], bone bright.
+def read_image(path: PathLike, channels: int = 1) -> np.ndarray:
+    """Read one radiograph as a 2-D float32 array in [0, 1], bone bright, or with
+    ``channels=3`` one colour image as (H, W, 3) R, G, B (grey files repeated).
 
     DICOM is recognised by the suffix .dcm / .dicom or by its preamble, anything
     else is decoded with Pillow. See the module docstring for the intensity
@@ -86,16 +89,20 @@ def read_image(path: PathLike) -> np.ndarray:
         raise ImageReadError(f"{path}: not a file")
     if path.stat().st_size == 0:
         raise ImageReadError(f"{path}: empty file")
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 (grey) or 3 (colour), got {channels}")
     if path.suffix.lower() in DICOM_SUFFIXES or is_dicom(path):
         image = _read_dicom(path)
     else:
-        image = _read_pillow(path)
-    if image.ndim != 2 or min(image.shape) == 0:
+        image = _read_pillow(path, colour=channels == 3)
+    if image.ndim not in (2, 3) or min(image.shape[:2]) == 0:
         raise ImageReadError(f"{path}: expected a 2-D image, got shape {image.shape}")
+    if channels == 3 and image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
     return image.astype(np.float32, copy=False)
 
 
-def _read_pillow(path: Path) -> np.ndarray:
+def _read_pillow(path: Path, colour: bool = False) -> np.ndarray:
     try:
         with Image.open(path) as im:
             frames = getattr(im, "n_frames", 1)
@@ -118,7 +125,7 @@ def _read_pillow(path: Path) -> np.ndarray:
                 rgb = np.asarray(im.convert("RGB"), dtype=np.float32)
             except ValueError as exc:
                 raise ImageReadError(f"{path}: unsupported image mode {mode!r} ({exc})") from exc
-            return rgb @ _LUMA / 255.0
+            return rgb / 255.0 if colour else rgb @ _LUMA / 255.0
     except ImageReadError:
         raise
     except Exception as exc:
@@ -244,14 +251,18 @@ def _scan_folder(folder: Path) -> list[Path]:
 
 
 def resize(image: np.ndarray, size: int) -> np.ndarray:
-    """Resize a 2-D float image to ``size`` x ``size`` with the core's resampler, the one that
+    """Resize a 2-D float image (or each channel of an (H, W, C) one) to ``size`` x ``size``
+    with the core's resampler, the one that
     makes the training views (area average when shrinking, bilinear when enlarging), so data
     loading, training and inference all see the same pixels.
 
     The image is stretched, not cropped: radiographs are close to square and
     keeping every pixel of the field of view matters more than the aspect ratio.
     """
-    return resize_batch(np.asarray(image)[None], size)[0]
+    image = np.asarray(image)
+    if image.ndim == 3:
+        return np.moveaxis(resize_batch(np.moveaxis(image, -1, 0), size), 0, -1)
+    return resize_batch(image[None], size)[0]
 
 
 def resize_batch(images: np.ndarray, size: int) -> np.ndarray:
@@ -267,13 +278,14 @@ def resize_batch(images: np.ndarray, size: int) -> np.ndarray:
 
 
 def load_images(
-    source: PathLike, size: int | None = None, *, warn: bool = True, shard: tuple[int, int] = (0, 1)
+    source: PathLike, size: int | None = None, *, warn: bool = True, shard: tuple[int, int] = (0, 1),
+    channels: int = 1,
 ) -> tuple[np.ndarray | list[np.ndarray], list[Path]]:
     """Read every image of ``source`` (see ``list_images``).
 
     Returns (images, paths) for the files that could be read: images is a
-    float32 array (N, size, size) when ``size`` is given, else a list of 2-D
-    arrays of their own shapes. Unreadable files are skipped and reported
+    float32 array (N, size, size) (``channels=3``: (N, size, size, 3) R, G, B) when
+    ``size`` is given, else a list of arrays of their own shapes. Unreadable files are skipped and reported
     together in one ``ImageSkipWarning`` listing each file with its reason
     (unless ``warn`` is False; the returned paths still show what was kept).
     Raises ``ImageReadError`` if no file is readable.
@@ -289,14 +301,15 @@ def load_images(
     bounds = [len(files) * r // ranks for r in range(ranks + 1)]
     for path in files[bounds[rank] : bounds[rank + 1]]:
         try:
-            image = read_image(path)
+            image = read_image(path, channels)
         except (ImageReadError, OSError) as exc:
             skipped.append(f"  {path}: {_reason(path, exc)}")
             continue
         images.append(resize(image, size) if size is not None else image)
         paths.append(path)
     if not images and ranks > 1:
-        return (np.zeros((0, size, size), np.float32) if size is not None else []), []
+        return (np.zeros((0, size, size) + ((3,) if channels == 3 else ()), np.float32)
+                if size is not None else []), []
     if not images:
         detail = "\n".join(skipped) if skipped else "  no image files found"
         raise ImageReadError(f"no readable image in {source}:\n{detail}")
@@ -319,9 +332,10 @@ class ImageStream:
     """Shuffled batches of radiographs for training, decoded ahead in a background thread.
 
     ``ImageStream(source, batch_size, size)`` yields float32 arrays
-    (batch_size, size, size) in [0, 1]. ``source`` is anything ``list_images``
-    accepts, or an in-memory float array (N, H, W) with values in [0, 1]
-    (resized to ``size`` if needed).
+    (batch_size, size, size) in [0, 1], or with ``channels=3`` colour batches
+    (batch_size, size, size, 3) R, G, B. ``source`` is anything ``list_images``
+    accepts, or an in-memory float array (N, H, W) (colour: (N, H, W, 3)) with values
+    in [0, 1] (resized to ``size`` if needed).
 
     * Order: every epoch is a fresh permutation from a numpy Generator seeded
       with ``seed`` (or the original order if ``shuffle`` is False), cut into
@@ -361,8 +375,12 @@ class ImageStream:
         cache: bool = True,
         warn: bool = True,
         shard: tuple[int, int] = (0, 1),
+        channels: int = 1,
     ):
         self._thread: threading.Thread | None = None
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 (grey) or 3 (colour), got {channels}")
+        self.channels = channels
         if batch_size < 1 or size < 1 or prefetch < 1:
             raise ValueError(
                 f"batch_size, size and prefetch must be positive, got {batch_size}, {size}, {prefetch}"
@@ -377,9 +395,9 @@ class ImageStream:
         self.paths: list[Path] | None = None
         self._images: np.ndarray | None = None
         if isinstance(source, np.ndarray):
-            self._images = _array_source(source, size)
+            self._images = _array_source(source, size, channels)
         elif cache:
-            self._images, self.paths = load_images(source, size, warn=warn)
+            self._images, self.paths = load_images(source, size, warn=warn, channels=channels)
         else:
             self.paths = list_images(source)
         self._count = len(self._images) if self._images is not None else len(self.paths)
@@ -408,7 +426,7 @@ class ImageStream:
         self._done = False
         batches = _batch_sequence(
             self._images, self.paths, self._count, self.batch_size, self.size,
-            self.seed, self.shuffle, self.epochs, self._start, self.shard,
+            self.seed, self.shuffle, self.epochs, self._start, self.shard, self.channels,
         )
         # The worker gets only what it needs, not ``self``: an abandoned stream
         # can then be garbage-collected, which stops its worker.
@@ -478,6 +496,7 @@ def _batch_sequence(
     epochs: int | None,
     skip: int = 0,
     shard: tuple[int, int] = (0, 1),
+    channels: int = 1,
 ) -> Iterator[np.ndarray]:
     """The batches of an ``ImageStream`` after the first ``skip``, from memory or decoded
     from ``paths``. Skipped epochs still draw their permutation: the order stays the same."""
@@ -494,7 +513,7 @@ def _batch_sequence(
             if images is not None:
                 yield images[index]
             else:
-                yield np.stack([resize(read_image(paths[j]), size) for j in index])
+                yield np.stack([resize(read_image(paths[j], channels), size) for j in index])
         epoch += 1
 
 
@@ -531,15 +550,19 @@ def _produce(batches: Iterator[np.ndarray], out: queue.Queue, stop: threading.Ev
     put(_END)
 
 
-def _array_source(array: np.ndarray, size: int) -> np.ndarray:
-    """Validate an in-memory (N, H, W) image array and bring it to (N, size, size) float32."""
-    if array.ndim != 3:
-        raise ValueError(f"expected an image array of shape (N, H, W), got shape {array.shape}")
+def _array_source(array: np.ndarray, size: int, channels: int = 1) -> np.ndarray:
+    """Validate an in-memory (N, H, W) image array (colour: (N, H, W, 3)) and bring it to
+    (N, size, size[, 3]) float32."""
+    if channels == 3 and array.ndim == 3:
+        array = np.repeat(array[..., None], 3, axis=3)
+    expected = "(N, H, W, 3)" if channels == 3 else "(N, H, W)"
+    if array.ndim != (4 if channels == 3 else 3) or (channels == 3 and array.shape[3] != 3):
+        raise ValueError(f"expected an image array of shape {expected}, got shape {array.shape}")
     if not np.issubdtype(array.dtype, np.floating):
         raise ValueError(f"expected a float image array with values in [0, 1], got dtype {array.dtype}")
     if not np.all(np.isfinite(array)) or array.min() < 0.0 or array.max() > 1.0:
         raise ValueError("image array values must be finite and lie in [0, 1]")
-    if array.shape[1:] != (size, size):
+    if array.shape[1:3] != (size, size):
         return np.stack([resize(image, size) for image in array])
     return array.astype(np.float32, copy=False)
 
