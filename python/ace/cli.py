@@ -144,7 +144,7 @@ def build_parser():
     v = sub.add_parser("evaluate", help="measure an encoder: the paper's probes and transfer tasks, with a report",
                        description="Run every probe (compositionality, decompositionality, retrieval, landmark "
                                    "correspondence, landmark embeddings, symmetry, nodule classification, "
-                                   "segmentation with few-shot) and write OUT/metrics.json, OUT/report.md and "
+                                   "segmentation and key-point detection with few-shot) and write OUT/metrics.json, OUT/report.md and "
                                    "its figures.")
     which = v.add_mutually_exclusive_group(required=True)
     which.add_argument("--checkpoint", help="encoder or training-run checkpoint (.safetensors)")
