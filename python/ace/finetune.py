@@ -208,6 +208,7 @@ def finetune_end_to_end(enc, images, targets, head, loss, *, epochs=20, batch=8,
         raise ACEError(f"fine-tuning needs one target per image, got {len(images)} images "
                        f"and {len(targets)} targets")
     model = enc.copy()
+    model.precision = enc.precision          # a copy starts at "auto"; fine-tune as the encoder computes
     x = model.preprocess(images)
     optimizer = AdamW(head.params, head.decays)
     rng = np.random.default_rng(seed)

@@ -108,11 +108,12 @@ class LesionSet:
     source: str
 
 
-def lesion_phantoms(n=48, size=64, seed=0, radius=None, contrast=0.3):
-    """n phantoms, every second one with a synthetic lesion: a bright disk with a soft edge of
-    `radius` pixels (default size / 16) and `contrast` in intensity, centred at a random point of
-    either lung field at least a radius from its border. Split 60/20/20 as `phantom_set`."""
-    radius = size / 16 if radius is None else radius
+def lesion_phantoms(n=48, size=64, seed=0, radius=None, contrast=-0.9):
+    """n phantoms, every second one with a synthetic lesion: a disk with a soft edge of `radius`
+    pixels (default 5/32 of the side: 10 px on 64 px images) that adds `contrast` to the
+    intensity (default dark, to black inside the lungs), centred at a random point of either lung
+    field at least half a radius inside it. Split 60/20/20 as `phantom_set`."""
+    radius = size * 5 / 32 if radius is None else radius
     images, cohort = phantom.batch(range(seed, seed + n), size=size)
     rng = np.random.default_rng(seed)
     labels = np.arange(n) % 2
@@ -120,7 +121,8 @@ def lesion_phantoms(n=48, size=64, seed=0, radius=None, contrast=0.3):
     yy, xx = np.mgrid[:size, :size]
     for i in np.flatnonzero(labels):
         lungs = cohort[i].masks["left_lung"] | cohort[i].masks["right_lung"]
-        ys, xs = np.nonzero(ndimage.binary_erosion(lungs, iterations=max(1, int(np.ceil(radius)))))
+        inner = ndimage.binary_erosion(lungs, iterations=max(1, int(np.ceil(radius / 2))))
+        ys, xs = np.nonzero(inner if inner.any() else lungs)
         k = rng.integers(len(ys))
         centres[i] = xs[k], ys[k]
         disk = 1 / (1 + np.exp((np.hypot(xx - xs[k], yy - ys[k]) - radius) / 0.7))

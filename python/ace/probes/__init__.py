@@ -29,19 +29,20 @@ Conventions shared by the probes:
 The probes live in modules named after what they measure: `global_embedding`
 (compositionality, decompositionality, retrieval), `landmarks` (correspondence, landmark
 embeddings, symmetry), `transfer` (classification, segmentation), `pairs` (FIRE-style
-correspondence between image pairs) and `keypoints` (key-point detection fine-tuned end to end);
-`common` holds what they share.
+correspondence between image pairs), `keypoint_detection` (key points fine-tuned end to end)
+and `gradcam` (weakly supervised localization); `common` holds what they share.
 Every public name is importable as `ace.probes.NAME`.
 """
 from .common import bootstrap_ci, resolve_features
 from .global_embedding import compositionality, decompositionality, retrieval
 from .landmarks import (_KeyImage, _Templates, landmark_correspondence, landmark_embeddings, symmetry,  # noqa: F401
                         template_matching_baseline)
-from .keypoints import decode_heatmaps, gaussian_heatmaps, keypoints
+from .keypoint_detection import decode_heatmaps, gaussian_heatmaps, keypoints
+from .gradcam import grad_cam, localization
 from .pairs import pair_correspondence
 from .transfer import _auc, dice, fit_linear_probe, linear_probe_classification, segmentation  # noqa: F401
 
 __all__ = ["compositionality", "decompositionality", "retrieval", "landmark_correspondence",
            "template_matching_baseline", "landmark_embeddings", "symmetry", "linear_probe_classification",
            "fit_linear_probe", "segmentation", "dice", "bootstrap_ci", "resolve_features", "pair_correspondence",
-           "keypoints", "gaussian_heatmaps", "decode_heatmaps"]
+           "keypoints", "gaussian_heatmaps", "decode_heatmaps", "localization", "grad_cam"]
