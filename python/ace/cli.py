@@ -691,10 +691,10 @@ def localize(args):
     per_image = []
     for k, (i, name) in enumerate(zip(r["boxed"], names)):
         box = boxes[i] if known[i] else None
-        title = name if box is None else f"{name}: peak {'inside' if r['hits'][k] else 'outside'} the box"
+        title = name if r["hits"] is None else f"{name}: peak {'inside' if r['hits'][k] else 'outside'} the box"
         gradcam_overlay(data.images[test[i]], r["maps"][k], out / f"{name}.png", box=box, title=title)
-        per_image.append({"image": name, "hit": bool(r["hits"][k]) if len(r["hits"]) else None,
-                          "iou": float(r["ious"][k]) if len(r["ious"]) else None})
+        per_image.append({"image": name, "hit": None if r["hits"] is None else bool(r["hits"][k]),
+                          "iou": None if r["ious"] is None else float(r["ious"][k])})
     metrics = {key: r[key] for key in ("pointing_game", "ci95", "chance", "iou", "iou_ci95", "auc", "accuracy",
                                        "tolerance", "threshold", "n_train", "n_test")}
     metrics.update(per_image=per_image, checkpoint=args.checkpoint, data=data.source, image_size=size,

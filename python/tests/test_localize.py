@@ -127,6 +127,18 @@ def test_grad_cam_finds_a_phantom_lesion():
                             (data.images[test], data.labels[test]), boxes[:3])
 
 
+def test_localization_without_boxes_draws_maps_only():
+    data = lesion_phantoms(12, 32, seed=1)
+    enc = ace.Encoder("vit_nano", img_size=32, seed=0)
+    r = probes.localization(enc, (data.images[:8], data.labels[:8]), (data.images[8:], data.labels[8:]),
+                            finetune=dict(epochs=1))
+    assert r["pointing_game"] is None and r["iou"] is None and r["chance"] is None
+    assert r["boxed"].tolist() == [1, 3] and r["maps"].shape == (2, 32, 32)
+    assert np.all((r["maps"] >= 0) & (r["maps"] <= 1))
+    with pytest.raises(ValueError, match="labels must be class indices"):
+        probes.localization(enc, (data.images[:8], np.zeros(8, int)), (data.images[8:], data.labels[8:]))
+
+
 def test_ace_localize_end_to_end_on_phantoms(tmp_path):
     ckpt = tmp_path / "enc.safetensors"
     ace.Encoder("vit_nano", img_size=64, seed=0).save(ckpt)

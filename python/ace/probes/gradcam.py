@@ -124,7 +124,7 @@ def localization(enc, train, test, boxes=None, *, target=1, tolerance=None, thre
     Returns {"pointing_game", "ci95", "chance" (mean share of the image within reach of the box),
     "hits", "iou", "iou_ci95", "ious", "auc", "accuracy" (of the classifier on all test images,
     `target` vs the rest), "maps" (N_boxed, H, W), "boxed" (indices of the test images scored),
-    "tolerance", "threshold", "n_train", "n_test"}.
+    "tolerance", "threshold", "n_train", "n_test"}; the scores are None without boxes.
     """
     x_train, y_train = _split_pair("train", train, "images, labels")
     x_test, y_test = _split_pair("test", test, "images, labels")
@@ -155,17 +155,18 @@ def localization(enc, train, test, boxes=None, *, target=1, tolerance=None, thre
     proba /= proba.sum(axis=1, keepdims=True)
     positive = (y_test == target).astype(int)
     maps = heatmaps(model, head, x_test[boxed], target)
-    hits, chance, ious = np.zeros(0, bool), np.full(1, np.nan), np.zeros(0)
-    if np.isfinite(boxes[boxed]).all() and len(boxed):
+    result = {"auc": _auc(np.column_stack([positive, 1 - proba[:, target], proba[:, target]])),
+              "accuracy": float(((logits.argmax(axis=1) == target) == positive.astype(bool)).mean()),
+              "maps": maps, "boxed": boxed, "tolerance": tolerance, "threshold": threshold,
+              "n_train": len(x_train), "n_test": len(x_test),
+              "pointing_game": None, "ci95": None, "chance": None, "hits": None, "iou": None, "iou_ci95": None,
+              "ious": None}
+    if len(boxed) and np.isfinite(boxes[boxed]).all():
         hits, chance = pointing_game(maps, boxes[boxed], tolerance)
         ious = box_iou(maps, boxes[boxed], threshold)
-    return {"pointing_game": float(hits.mean()) if len(hits) else None, "ci95": bootstrap_ci(hits),
-            "chance": float(chance.mean()), "hits": hits, "iou": float(ious.mean()) if len(ious) else None,
-            "iou_ci95": bootstrap_ci(ious), "ious": ious,
-            "auc": _auc(np.column_stack([positive, 1 - proba[:, target], proba[:, target]])),
-            "accuracy": float(((logits.argmax(axis=1) == target) == positive.astype(bool)).mean()),
-            "maps": maps, "boxed": boxed, "tolerance": tolerance, "threshold": threshold,
-            "n_train": len(x_train), "n_test": len(x_test)}
+        result.update(pointing_game=float(hits.mean()), ci95=bootstrap_ci(hits), chance=float(chance.mean()),
+                      hits=hits, iou=float(ious.mean()), iou_ci95=bootstrap_ci(ious), ious=ious)
+    return result
 
 
 def _labels(labels, n, name):
