@@ -90,7 +90,7 @@ def test_head_adamw_is_the_cores_adamw():
     rng = np.random.default_rng(2)
     x = rng.normal(size=(2, 1, 32, 32)).astype(np.float32)
     state = enc.state_dict()
-    params = {"norm.weight": state["norm.weight"].astype(np.float64), "norm.bias": state["norm.bias"].astype(np.float64)}
+    params = {name: state[name].astype(np.float64) for name in ("norm.weight", "norm.bias")}
     ours = finetune.AdamW(params)
     lr, wd = 1e-2, 0.1
     for _ in range(3):
