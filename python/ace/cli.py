@@ -1,5 +1,5 @@
-"""The `ace` command: `ace pretrain`, `ace embed`, `ace evaluate`, `ace export`, `ace attention` (and
-`python -m ace ...`)."""
+"""The `ace` command: `ace pretrain`, `ace embed`, `ace evaluate`, `ace export`, `ace attention`,
+`ace localize` (and `python -m ace ...`)."""
 import argparse
 import contextlib
 import glob
@@ -156,8 +156,8 @@ def build_parser():
     v = sub.add_parser("evaluate", help="measure an encoder: the paper's probes and transfer tasks, with a report",
                        description="Run every probe (compositionality, decompositionality, retrieval, landmark "
                                    "correspondence, landmark embeddings, symmetry, nodule classification, "
-                                   "segmentation with few-shot) and write OUT/metrics.json, OUT/report.md and "
-                                   "its figures.")
+                                   "segmentation and key-point detection with few-shot) and write "
+                                   "OUT/metrics.json, OUT/report.md and its figures.")
     which = v.add_mutually_exclusive_group(required=True)
     which.add_argument("--checkpoint", help="encoder or training-run checkpoint (.safetensors)")
     which.add_argument("--random-init", metavar="PRESET", help="evaluate an untrained encoder of this preset")
@@ -232,6 +232,33 @@ def build_parser():
                    help="matrix products (default auto, as ace embed)")
     a.add_argument("--threads", type=thread_count, help="threads for the core (default: all cores)")
     a.set_defaults(run=attention)
+
+    g = sub.add_parser("localize", help="weakly supervised localization: Grad-CAM of a classifier fine-tuned on "
+                                        "image labels, scored against lesion positions",
+                       description="Fine-tune a copy of the encoder with a linear head on its mean token to tell "
+                                   "lesion from no lesion (the train and val images), then draw the Grad-CAM heat "
+                                   "map of the lesion class over every test image with a lesion (OUT/NAME.png) and, "
+                                   "where the lesion's position is known, score it: pointing game (the map's peak "
+                                   "inside the lesion's box) and IoU of the map thresholded at --threshold of its "
+                                   "maximum with the box. Writes OUT/metrics.json and OUT/maps.npz.")
+    g.add_argument("checkpoint", metavar="CKPT", help="encoder or training-run checkpoint (.safetensors; the teacher)")
+    g.add_argument("--data", help="JSRT-layout folder (images/, split.json; nodule centres and radii from "
+                                  "nodules.csv when present, labels from the names: JPCLN = nodule); omitted: 96 "
+                                  "phantoms, every second one with a synthetic lesion of known position")
+    g.add_argument("--out", required=True, help="output folder")
+    g.add_argument("--image-size", type=positive_int, help="images are resized to this square (default: the "
+                                                           "encoder's input size)")
+    g.add_argument("--epochs", type=positive_int, default=20, help="fine-tuning passes over the images (default 20)")
+    g.add_argument("--batch-size", type=positive_int, default=8, help="images per step (default 8)")
+    g.add_argument("--lr", type=finite_float, default=1e-4, help="encoder learning rate (default 1e-4)")
+    g.add_argument("--head-lr", type=finite_float, default=1e-2, help="head learning rate (default 1e-2)")
+    g.add_argument("--tolerance", type=finite_float, default=0.0,
+                   help="pointing game: how many pixels the peak may lie outside the box (default 0)")
+    g.add_argument("--threshold", type=finite_float, default=0.5,
+                   help="IoU: the map's region at or above this share of its maximum (default 0.5)")
+    g.add_argument("--seed", type=seed_int, default=0, help="seed of the training order (default 0)")
+    g.add_argument("--threads", type=thread_count, help="threads for the core (default: all cores)")
+    g.set_defaults(run=localize)
     return parser
 
 
@@ -724,6 +751,52 @@ def attention(args):
     write_npz(out / "attention.npz", {"maps": maps, "paths": np.array([str(p) for p in paths])})
     print(f"drew the attention of {maps.shape[1]} heads on {len(paths)} images: {out / names[0]}"
           + (f" ... {out / names[-1]}" if len(names) > 1 else "") + f"; maps {maps.shape} in {out / 'attention.npz'}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- localize
+
+def localize(args):
+    import ace
+    from . import probes
+    from .data import lesion_phantoms, load_jsrt_nodules
+    from .encoder import Encoder
+    from .plots import gradcam_overlay
+    from .probes.gradcam import boxes_from_points
+
+    if args.threads is not None:
+        ace.set_num_threads(args.threads)
+    enc = Encoder.load(args.checkpoint)
+    size = args.image_size or enc.config["img_size"]
+    data = load_jsrt_nodules(args.data, size) if args.data else lesion_phantoms(96, size)
+    train = np.sort(np.concatenate([data.split["train"], data.split.get("val", np.zeros(0, int))]))
+    test = data.split["test"]
+    boxes = boxes_from_points(data.centres[test], data.radii[test])
+    known = np.isfinite(boxes).all(axis=1)
+    settings = dict(epochs=args.epochs, batch=args.batch_size, lr=args.lr, head_lr=args.head_lr)
+    r = probes.localization(enc, (data.images[train], data.labels[train]), (data.images[test], data.labels[test]),
+                            boxes if known.any() else None, tolerance=args.tolerance, threshold=args.threshold,
+                            finetune=settings, seed=args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = [data.names[test[i]] for i in r["boxed"]]
+    per_image = []
+    for k, (i, name) in enumerate(zip(r["boxed"], names)):
+        box = boxes[i] if known[i] else None
+        title = name if r["hits"] is None else f"{name}: peak {'inside' if r['hits'][k] else 'outside'} the box"
+        gradcam_overlay(data.images[test[i]], r["maps"][k], out / f"{name}.png", box=box, title=title)
+        per_image.append({"image": name, "hit": None if r["hits"] is None else bool(r["hits"][k]),
+                          "iou": None if r["ious"] is None else float(r["ious"][k])})
+    metrics = {key: r[key] for key in ("pointing_game", "ci95", "chance", "iou", "iou_ci95", "auc", "accuracy",
+                                       "tolerance", "threshold", "n_train", "n_test")}
+    metrics.update(per_image=per_image, checkpoint=args.checkpoint, data=data.source, image_size=size,
+                   finetune=settings, seed=args.seed)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float, allow_nan=False) + "\n")
+    write_npz(out / "maps.npz", {"maps": r["maps"].astype(np.float32), "names": np.array(names)})
+    scored = "" if r["pointing_game"] is None else (
+        f"; pointing game {r['pointing_game']:.3f} (chance {r['chance']:.3f}), IoU {r['iou']:.3f}")
+    print(f"classifier AUC {r['auc']:.3f} on {r['n_test']} test images{scored}: drew {len(names)} heat maps in "
+          f"{out}, metrics in {out / 'metrics.json'}")
     return 0
 
 

@@ -26,7 +26,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from . import plots, probes
-from .data.datasets import LANDMARK_ORDER, landmark_ids, landmark_structures, mirror_pairs
+from .data.datasets import KEYPOINTS, LANDMARK_ORDER, keypoint_ids, landmark_ids, landmark_structures, mirror_pairs
 
 SHOTS = (2, 5, 10)
 FEATURES = ("mean", "cls")
@@ -107,6 +107,7 @@ def run_suite(enc, data, out, *, quick=False, progress=True):
     embed_images, embed_lm = lm_images[: b["embed_images"]], lm[: b["embed_images"]]
     train_x, train_y, train_m = data.subset("train")
     test_x, test_y, test_m = data.subset("test")
+    train_lm, test_lm = data.landmarks[data.split["train"]], data.landmarks[data.split["test"]]
 
     def per_features(name, probe):
         """The probe on each representation, one after the other: the second run finds its
@@ -144,6 +145,15 @@ def run_suite(enc, data, out, *, quick=False, progress=True):
         ("segmentation_finetune", lambda: probes.segmentation(
             enc, (train_x, train_m), (test_x, test_m), mode="finetune", finetune=dict(epochs=b["finetune_epochs"]))),
     ]
+    # Key points: the encoder fine-tuned with a heat-map head (App. B.2), on the training images
+    # with landmarks; few-shot runs take four times the epochs, as for segmentation.
+    tasks.append(("keypoints", lambda: probes.keypoints(enc, (train_x, train_lm), (test_x, test_lm),
+                                                        points=keypoint_ids(),
+                                                        finetune=dict(epochs=b["finetune_epochs"]))))
+    for k in SHOTS:
+        tasks.append((f"keypoints_{k}shot", lambda k=k: probes.keypoints(
+            enc, (train_x, train_lm), (test_x, test_lm), points=keypoint_ids(), shots=k,
+            finetune=dict(epochs=b["finetune_epochs"] * 4))))
     for k in SHOTS:
         tasks.append((f"segmentation_{k}shot", lambda k=k: probes.segmentation(
             enc, (train_x, train_m), (test_x, test_m), shots=k)))
@@ -169,6 +179,8 @@ def run_suite(enc, data, out, *, quick=False, progress=True):
             metrics[name]["identity_per_structure"] = per_structure(r["identity_per_landmark"])
         if name.startswith("segmentation"):
             metrics[name]["summary"] = dice_summary(r["dice_per_image"])
+        if name.startswith("keypoints"):
+            metrics[name]["point_names"] = list(KEYPOINTS)
     metrics["default_features"] = default
     metrics["landmark_sets"] = {
         "random_pairs": {"images": len(annotated), "pairs": metrics["landmarks_dense"]["pairs"]},
@@ -247,7 +259,8 @@ def dice_summary(per_image):
 
 def _is_reported(key, value):
     """Numbers and small dicts go into metrics.json; per-trial arrays do not."""
-    return not isinstance(value, np.ndarray) or key in ("per_landmark", "identity_per_landmark")
+    return not isinstance(value, np.ndarray) or key in ("per_landmark", "identity_per_landmark", "per_point",
+                                                        "mean_position_per_point")
 
 
 def _plain(value):
@@ -313,6 +326,9 @@ def headline(metrics):
         rows[f"Dice {name}, linear"] = metrics["segmentation"]["summary"][name]
     rows["Dice mean, linear 10-shot"] = metrics["segmentation_10shot"]["summary"]["mean"]
     rows["Dice mean, fine-tuned"] = metrics["segmentation_finetune"]["summary"]["mean"]
+    add("key-point error px, fine-tuned", "keypoints", "mean_error")
+    add("key-point error px, fine-tuned 10-shot", "keypoints_10shot", "mean_error")
+    add("key-point error px, mean position (no model)", "keypoints", "mean_position_error", "mean_position_ci95")
     for label, row in rows.items():
         row["text"] = format_ci(row["value"], row["ci95"], 1 if "error px" in label else 3)
     return rows
@@ -386,10 +402,34 @@ def write_report(path, title, source, metrics, figures, encoder_config):
         head = "fine-tuned" if "finetune" in key else "linear, frozen"
         lines.append(f"| {head} | {r['shots']} | "
                      + " | ".join(format_ci(v, r["dice_ci95"][s]) for s, v in r["dice"].items()) + " |")
+    lines += _keypoint_table(m)
     lines += ["", "## Figures", ""]
     lines += [f"![{name}]({file})" for name, file in figures.items()]
     lines += ["", "Seconds per probe: " + ", ".join(f"{k} {v}" for k, v in m["seconds"].items()), ""]
     Path(path).write_text("\n".join(lines))
+
+
+def _keypoint_table(m):
+    """Key-point detection: the error per key point, fine-tuned on all and on few training images,
+    beside the reference that predicts each key point at its mean training position."""
+    if "keypoints" not in m:          # evaluations made before the task existed
+        return []
+    names = m["keypoints"]["point_names"]
+    lines = ["", "## Key-point detection (error in pixels of the input images)", "",
+             f"The encoder fine-tuned end to end with a heat-map head (output stride "
+             f"{m['keypoints']['output_stride']} px of the encoder input, soft-argmax decoding) on the training "
+             f"images with landmarks; {m['keypoints']['n_test']} test images [95% CI over them]:", "",
+             "| model | training images | mean error [95% CI] | " + " | ".join(names) + " |",
+             "| --- | --- | --- | " + " | ".join("---" for _ in names) + " |"]
+    r = m["keypoints"]
+    lines.append(f"| mean training position (no model) | {r['shots']} | "
+                 f"{format_ci(r['mean_position_error'], r['mean_position_ci95'], 1)} | "
+                 + " | ".join(format_ci(v, None, 1) for v in r["mean_position_per_point"]) + " |")
+    for key in ["keypoints"] + [f"keypoints_{k}shot" for k in SHOTS]:
+        r = m[key]
+        lines.append(f"| fine-tuned | {r['shots']} | {format_ci(r['mean_error'], r['ci95'], 1)} | "
+                     + " | ".join(format_ci(v, None, 1) for v in r["per_point"]) + " |")
+    return lines
 
 
 def _landmark_tables(m, default):

@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 from scipy.stats import gaussian_kde  # noqa: E402
 
 __all__ = ["compositionality_kde", "tsne_plot", "landmark_predictions", "error_boxplot", "loss_curves",
-           "attention_maps"]
+           "attention_maps", "gradcam_overlay"]
 
 
 def _save(fig, path):
@@ -187,6 +187,33 @@ def attention_maps(image, maps, path, title=None, dpi=100):
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     # No tight bounding box: every figure of one encoder has the same pixel size.
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+def gradcam_overlay(image, heatmap, path, box=None, title=None, dpi=100):
+    """The image beside the same image with a Grad-CAM heat map (H, W) in [0, 1] drawn over it,
+    its peak marked (+) and, when given, the annotated box (x0, y0, x1, y1 pixels) outlined."""
+    image, heatmap = np.asarray(image, np.float64), np.asarray(heatmap, np.float64)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * ATTENTION_PANEL, ATTENTION_PANEL), dpi=dpi)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.82 if title else 0.88, wspace=0.04)
+    extent = (-0.5, image.shape[1] - 0.5, image.shape[0] - 0.5, -0.5)
+    peak_y, peak_x = np.unravel_index(heatmap.argmax(), heatmap.shape)
+    for ax, name in zip(axes, ("image", "Grad-CAM")):
+        ax.imshow(image, cmap="gray", extent=extent, vmin=0, vmax=1)
+        if name == "Grad-CAM":
+            ax.imshow(heatmap, cmap="jet", alpha=0.45, extent=extent, vmin=0, vmax=1)
+            ax.plot(peak_x, peak_y, "w+", markersize=10, markeredgewidth=2)
+        if box is not None and np.isfinite(box).all():
+            x0, y0, x1, y1 = box
+            ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="lime", linewidth=1.5))
+        ax.set_title(name, fontsize=9)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path

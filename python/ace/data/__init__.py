@@ -3,7 +3,8 @@ chest-radiograph phantom used when no data is given, and the label tables of che
 data sets (ChestX-ray14, CheXpert, a generic CSV) for probes on the user's own labels."""
 
 from . import fundus, phantom
-from .datasets import LabelledSet, load_jsrt, mirror_pairs, phantom_set
+from .datasets import (LabelledSet, LesionSet, lesion_phantoms, load_jsrt, load_jsrt_nodules, mirror_pairs,
+                       phantom_set)
 from .labels import LabelTable, read_chestxray14, read_chexpert, read_label_csv, read_labels
 from .images import (
     IMAGE_SUFFIXES,
@@ -20,6 +21,9 @@ from .images import (
 __all__ = [
     "IMAGE_SUFFIXES",
     "LabelledSet",
+    "LesionSet",
+    "lesion_phantoms",
+    "load_jsrt_nodules",
     "LabelTable",
     "read_labels",
     "read_chestxray14",

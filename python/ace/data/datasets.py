@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 from . import phantom
 from .images import ImageReadError, read_image, resize
@@ -18,6 +19,16 @@ STRUCTURES = phantom.STRUCTURES
 LANDMARK_ORDER = phantom.LANDMARK_ORDER
 LANDMARK_OFFSETS = dict(zip(LANDMARK_ORDER, np.cumsum([0] + [phantom.LANDMARK_COUNTS[s] for s in LANDMARK_ORDER])))
 LANDMARKS = sum(phantom.LANDMARK_COUNTS.values())
+# The key points of the key-point detection task (paper App. B.2): seven distinct anatomical points
+# among the HybridGNet contour landmarks, where a contour turns (its segments' ends, see
+# phantom._SEGMENTS), as (structure, index within the structure). On the JSRT landmarks the mean
+# positions agree: the lung apices are the top points, the costophrenic angles the lowest
+# lateral ones, the right cardiophrenic angle meets the heart's first point, the cardiac apex the
+# lowest left-heart point; the aortic knob is the top of the left lung's mediastinal border.
+KEYPOINTS = {"right apex": ("right_lung", 0), "right costophrenic angle": ("right_lung", 21),
+             "right cardiophrenic angle": ("right_lung", 29), "left apex": ("left_lung", 0),
+             "left costophrenic angle": ("left_lung", 21), "cardiac apex": ("left_lung", 27),
+             "aortic knob": ("left_lung", 40)}
 
 
 @dataclass
@@ -84,9 +95,81 @@ def phantom_set(n=60, size=256, seed=0):
                        phantom.landmark_array(cohort), split, "phantom")
 
 
+@dataclass
+class LesionSet:
+    """Images with an image-level label (1: a lesion) and, for the lesion images, where the lesion
+    is: centre (N, 2) x, y and radius (N,) in pixels, NaN where there is none or it is unknown."""
+    names: list
+    images: np.ndarray
+    labels: np.ndarray
+    centres: np.ndarray
+    radii: np.ndarray
+    split: dict
+    source: str
+
+
+def lesion_phantoms(n=48, size=64, seed=0, radius=None, contrast=-0.9):
+    """n phantoms, every second one with a synthetic lesion: a disk with a soft edge of `radius`
+    pixels (default 5/32 of the side: 10 px on 64 px images) that adds `contrast` to the
+    intensity (default dark, to black inside the lungs), centred at a random point of either lung
+    field at least half a radius inside it. Split 60/20/20 as `phantom_set`."""
+    radius = size * 5 / 32 if radius is None else radius
+    images, cohort = phantom.batch(range(seed, seed + n), size=size)
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 2
+    centres = np.full((n, 2), np.nan)
+    yy, xx = np.mgrid[:size, :size]
+    for i in np.flatnonzero(labels):
+        lungs = cohort[i].masks["left_lung"] | cohort[i].masks["right_lung"]
+        inner = ndimage.binary_erosion(lungs, iterations=max(1, int(np.ceil(radius / 2))))
+        ys, xs = np.nonzero(inner if inner.any() else lungs)
+        k = rng.integers(len(ys))
+        centres[i] = xs[k], ys[k]
+        disk = 1 / (1 + np.exp((np.hypot(xx - xs[k], yy - ys[k]) - radius) / 0.7))
+        images[i] = np.clip(images[i] + contrast * disk, 0, 1)
+    radii = np.where(labels == 1, radius, np.nan)
+    order = rng.permutation(n)
+    a, b = int(0.6 * n), int(0.8 * n)
+    split = {"train": np.sort(order[:a]), "val": np.sort(order[a:b]), "test": np.sort(order[b:])}
+    return LesionSet([f"phantom{s}" for s in range(seed, seed + n)], images, labels, centres, radii, split,
+                     "phantom lesions")
+
+
+def load_jsrt_nodules(root, size=512):
+    """A JSRT-layout folder's images with their nodule label (names starting JPCLN) and, from
+    nodules.csv when present, each nodule's centre and radius (columns x_512, y_512,
+    radius_px_512, scaled to `size`); split from split.json."""
+    root = Path(root)
+    split_file = root / "split.json"
+    if not (root / "images").is_dir() or not split_file.is_file():
+        raise FileNotFoundError(f"{root} is not a JSRT-layout folder (needs images/ and split.json)")
+    split_names = json.loads(split_file.read_text())
+    names = sorted(n for part in split_names.values() for n in part)
+    index = {n: i for i, n in enumerate(names)}
+    images = np.stack([resize(read_image(root / "images" / f"{name}.png"), size) for name in names])
+    centres, radii = np.full((len(names), 2), np.nan), np.full(len(names), np.nan)
+    csv_path = root / "nodules.csv"
+    if csv_path.is_file():
+        scale = size / 512
+        with csv_path.open() as f:
+            for row in csv.DictReader(f):
+                if row["image"] in index and row.get("x_512"):
+                    i = index[row["image"]]
+                    centres[i] = float(row["x_512"]) * scale, float(row["y_512"]) * scale
+                    radii[i] = float(row["radius_px_512"]) * scale
+    labels = np.array([n.startswith("JPCLN") for n in names], np.int64)
+    split = {part: np.array([index[n] for n in part_names]) for part, part_names in split_names.items()}
+    return LesionSet(names, images.astype(np.float32), labels, centres, radii, split, str(root))
+
+
 def landmark_ids(structure):
     """The landmark ids (indices into the landmark arrays) of one structure of LANDMARK_ORDER."""
     return np.arange(LANDMARK_OFFSETS[structure], LANDMARK_OFFSETS[structure] + phantom.LANDMARK_COUNTS[structure])
+
+
+def keypoint_ids():
+    """The landmark ids (indices into the landmark arrays) of the KEYPOINTS, in their order."""
+    return np.array([LANDMARK_OFFSETS[structure] + index for structure, index in KEYPOINTS.values()])
 
 
 def landmark_structures(ids):
