@@ -61,13 +61,14 @@ int32_t ace_encoder_backward(void *encoder, const float *d_out, int64_t batch, i
 int32_t ace_encoder_adamw_step(void *encoder, float lr, float weight_decay);
 
 /* Pretraining runs (ACE and the DINO baseline). */
-#define ACE_TRAINER_STATS 11 /* loss, global, comp, decomp, lr, wd, momentum, grad_norm,
-                                step, comp_acc, decomp_acc */
+#define ACE_TRAINER_STATS 11 /* the values a step writes; their names, in order: */
+const char *ace_trainer_stat_names(void); /* comma-separated: "loss,global,comp,..." */
 int32_t ace_trainer_create(const char *config_json, uint64_t seed, void **out);
 int32_t ace_trainer_load(const char *path, void **out);
 void ace_trainer_free(void *trainer);
 const char *ace_trainer_config(void *trainer);
-int32_t ace_trainer_save(void *trainer, const char *path);
+/* run_state: NULL or a JSON string stored as the file's "run" metadata. */
+int32_t ace_trainer_save(void *trainer, const char *path, const char *run_state);
 int32_t ace_trainer_step(void *trainer, const float *images, int64_t batch, int64_t height,
                          int64_t width, double *stats /* ACE_TRAINER_STATS */);
 int64_t ace_trainer_steps(void *trainer); /* steps taken so far */

@@ -10,8 +10,8 @@ from .errors import ACEError
 from .preprocess import to_channels, to_unit_float
 from .validate import UINT64_MAX, require_int, require_path
 
-STAT_NAMES = ("loss", "global", "comp", "decomp", "lr", "wd", "momentum", "grad_norm", "step",
-              "comp_acc", "decomp_acc")
+# The names of the values a step reports, as the core lists them.
+STAT_NAMES = _native.STAT_NAMES
 
 
 class Trainer:
@@ -107,7 +107,6 @@ def _batch(images):
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def _stats(values):
-    stats = dict(zip(STAT_NAMES, values))
+def _stats(stats):
     stats["step"] = int(stats["step"])
     return stats
