@@ -222,19 +222,30 @@ def resolve_settings(args):
     return runconfig.RunSettings(runconfig.merge(layers))
 
 
-def read_run_file(path):
-    """(seed, data, steps) of OUT/run.json, written when the run being resumed started."""
+def saved_run_state(trainer, checkpoint):
+    """The state `ace pretrain` keeps with a run (data, seed, total steps, data order): in the
+    checkpoint itself, or for runs saved before it was, in run.json beside it."""
+    from .data.images import ORDERS
     from .errors import ACEError
-    if not path.exists():
-        raise FileNotFoundError(f"{path} (written by the run being resumed) is missing")
+    state = trainer.run_state
+    if state is not None:
+        if not (isinstance(state, dict) and {"seed", "data", "steps"} <= state.keys()
+                and state.get("data_order") in ORDERS):
+            raise ACEError(f"{checkpoint}: its run state is not one `ace pretrain` wrote: {state!r}")
+        return state
+    legacy = Path(checkpoint).parent / "run.json"
+    if not legacy.exists():
+        raise ACEError(f"{checkpoint} holds no run state (data, seed, length of the run) and there is no run.json "
+                       "beside it: it was not saved by `ace pretrain`; continue it from Python with ace.Trainer.load")
     try:
-        run = json.loads(path.read_bytes())
-        return run["seed"], run["data"], run["steps"]
+        run = json.loads(legacy.read_bytes())
+        state = {"seed": run["seed"], "data": run["data"], "steps": run["steps"], "data_order": "chained"}
     except (ValueError, KeyError, TypeError) as e:
-        raise ACEError(f"{path} (written by the run being resumed) is damaged: {e!r}") from None
+        raise ACEError(f"{legacy} (written by the run being resumed) is damaged: {e!r}") from None
+    return dict(run, **state)
 
 
-def open_stream(data, seed, image_size, batch_size, group):
+def open_stream(data, seed, image_size, batch_size, group, order="per_epoch"):
     """The run's batches (batch_size: the global batch); each rank gets its part of each."""
     from .data import ImageStream, phantom
     from .errors import ACEError
@@ -242,7 +253,7 @@ def open_stream(data, seed, image_size, batch_size, group):
         raise ACEError(f"the global batch of {batch_size} does not split over {group.size} ranks")
     if data is None:
         data, _ = phantom.batch(range(PHANTOM_IMAGES), size=image_size)
-    return ImageStream(data, batch_size, image_size, seed=seed, shard=(group.rank, group.size))
+    return ImageStream(data, batch_size, image_size, seed=seed, shard=(group.rank, group.size), order=order)
 
 
 def set_threads(threads, group):
@@ -277,9 +288,10 @@ def start_run(args, group):
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(settings_yaml)
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-    precision = dict(ace.precision_info(), precision=trainer.precision)
-    (out / "run.json").write_text(json.dumps({"seed": run["seed"], "data": run["data"], "steps": total,
-                                              "precision": precision, "ranks": group.size}) + "\n")
+    # What resuming needs beyond the trainer's own state, saved in every checkpoint.
+    data = None if run["data"] is None else str(Path(run["data"]).absolute())
+    trainer.run_state = {"seed": run["seed"], "data": data, "steps": total, "data_order": "per_epoch",
+                         "ranks": group.size, "precision": dict(ace.precision_info(), precision=trainer.precision)}
     (out / "metrics.jsonl").write_text("")
     return trainer, stream, run, total
 
@@ -297,14 +309,18 @@ def resume_run(args, group):
     trainer, saved = None, None
     if group.is_root:
         trainer = Trainer.load(args.resume)
-        saved = read_run_file(Path(args.resume).parent / "run.json")
+        saved = saved_run_state(trainer, args.resume)
+        if args.data:
+            saved["data"] = str(Path(args.data).absolute())   # the data moved: later checkpoints say where
+        trainer.run_state = saved
     trainer = group.share_run(trainer)
-    seed, data, total = group.broadcast(saved)
-    run = dict(RUN_DEFAULTS, seed=seed, data=args.data or data, out=args.out or str(Path(args.resume).parent))
+    saved = group.broadcast(saved)
+    run = dict(RUN_DEFAULTS, seed=saved["seed"], data=saved["data"], out=args.out or str(Path(args.resume).parent))
     if args.checkpoint_every is not None:
         run["checkpoint_every"] = args.checkpoint_every
     cfg = trainer.config
-    return trainer, open_stream(run["data"], seed, cfg.grid.image_size, cfg.batch_size, group), run, total
+    stream = open_stream(run["data"], run["seed"], cfg.grid.image_size, cfg.batch_size, group, saved["data_order"])
+    return trainer, stream, run, saved["steps"]
 
 
 def pretrain(args):

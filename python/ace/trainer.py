@@ -1,11 +1,12 @@
 """`ace.Trainer`: a pretraining run whose every step runs in the Swift core."""
+import json
 import os
 
 import numpy as np
 
 from . import _native
 from .config import PretrainConfig
-from .encoder import Encoder
+from .encoder import Encoder, checkpoint_metadata
 from .errors import ACEError
 from .preprocess import to_channels, to_unit_float
 from .validate import UINT64_MAX, require_int, require_path
@@ -19,6 +20,10 @@ class Trainer:
 
     `step(images)` takes a batch of radiographs (B, H, W) as uint8, uint16 or floats in
     [0, 1]; the core resizes, crops, augments, and runs one update. One thread at a time.
+
+    `run_state` (None or a JSON-serializable dict) is the driver's own state of the run, e.g.
+    `ace pretrain`'s data, seed and length: `save` stores it in the checkpoint and `load`
+    restores it, so one file resumes a run.
     """
 
     def __init__(self, config=None, *, seed=0):
@@ -28,6 +33,7 @@ class Trainer:
             raise ACEError(f"config must be an ace.PretrainConfig, got {type(config).__name__}")
         self._native = _native.Trainer(config.to_json(), require_int("seed", seed, 0, UINT64_MAX))
         self._init_common(PretrainConfig.from_json(config.to_json()))
+        self.run_state = None
 
     @classmethod
     def load(cls, path):
@@ -39,6 +45,11 @@ class Trainer:
         t._native = _native.load_trainer(path)
         # The core stores single-precision values: the loaded config shows them as such.
         t._init_common(PretrainConfig.from_json(t._native.config_json()))
+        saved = checkpoint_metadata(path).get("run")
+        try:
+            t.run_state = None if saved is None else json.loads(saved)
+        except json.JSONDecodeError as e:
+            raise ACEError(f"{path}: damaged run state in the metadata ({e})") from None
         return t
 
     def _init_common(self, config):
@@ -60,8 +71,12 @@ class Trainer:
         return self._native.steps()
 
     def save(self, path):
-        """Write the whole run to one safetensors file, atomically."""
-        self._native.save(require_path("path", path))
+        """Write the whole run (and `run_state`) to one safetensors file, atomically."""
+        try:
+            state = None if self.run_state is None else json.dumps(self.run_state, sort_keys=True)
+        except (TypeError, ValueError) as e:
+            raise ACEError(f"run_state must be a JSON-serializable dict: {e}") from None
+        self._native.save(require_path("path", path), state)
 
     def step(self, images):
         """One update on a batch; returns a dict of the loss terms and schedule values."""
