@@ -388,9 +388,17 @@ def pretrain_on(group, args):
 
 
 def finish_logs(history, out, board, step):
-    """The loss figure, as a PNG and in TensorBoard."""
-    from .plots import loss_curves
+    """The loss figure, as a PNG and in TensorBoard (left out, with a note, without matplotlib:
+    the curves are in metrics.jsonl and TensorBoard anyway)."""
+    from .errors import ACEError
+    from .extras import needs
 
+    try:
+        with needs("the loss figure (loss.png)"):
+            from .plots import loss_curves
+    except ACEError as e:
+        print(f"note: {e}", file=sys.stderr)
+        return
     loss_curves(history, out / "loss.png")
     board.figure("loss", out / "loss.png", step)
 
@@ -569,8 +577,10 @@ def evaluate(args):
     from .data import load_jsrt, phantom_set
     from .encoder import Encoder
     from .errors import ACEError
-    from .evaluate import run_suite, write_report
+    from .extras import needs
 
+    with needs("ace evaluate"):
+        from .evaluate import run_suite, write_report     # brings in everything --labels needs too
     if args.threads is not None:
         ace.set_num_threads(args.threads)
     if args.labels and args.data:
@@ -632,8 +642,10 @@ def attention(args):
     import ace
     from .data import load_images
     from .encoder import Encoder
-    from .plots import attention_maps
+    from .extras import needs
 
+    with needs("ace attention"):
+        from .plots import attention_maps
     if args.threads is not None:
         ace.set_num_threads(args.threads)
     enc = Encoder.load(args.checkpoint)
