@@ -10,6 +10,7 @@
 #include <numpy/arrayobject.h>
 
 #include "ace.h"
+#include "ace_testing.h"   /* gemm, local_match_loss: for the tests */
 
 static PyObject *ACEError; /* ace.errors.ACEError */
 

@@ -16,8 +16,6 @@ extern "C" {
 const char *ace_last_error(void);
 int32_t ace_set_num_threads(int32_t n);
 int32_t ace_get_num_threads(void);
-int32_t ace_gemm(int32_t trans_a, int32_t trans_b, int64_t m, int64_t n, int64_t k,
-                 const float *a, const float *b, float *c, const char *precision /* NULL: fp32 */);
 
 /* Encoders: timm-style Vision Transformers (vit_*) or Swin Transformers (swin_*; a config with
    "depths"; files with "backbone": "swin" in the metadata). forward_features writes
@@ -98,13 +96,6 @@ int32_t ace_resize(const float *src, int64_t count, int64_t height, int64_t widt
 int32_t ace_grid_crops(const char *config_json, uint64_t seed, int64_t count, int32_t *boxes,
                        uint8_t *o1, uint8_t *o2, float *t_comp, float *t_decomp,
                        const float *image, float *views1, float *views2, const int64_t *lengths);
-
-/* The composition/decomposition loss on given arrays: teacher (B, N, C), z (B, Nz, C),
- * targets (B, N, Nz) -> mean loss, matching accuracy (rows with a target whose best
- * column is the target's peak) and dz (B, Nz, C). */
-int32_t ace_local_match_loss(const float *teacher, const float *z, const float *targets,
-                             int64_t batch, int64_t n, int64_t nz, int64_t c, float alpha,
-                             float scale, double *loss, double *accuracy, float *dz);
 
 #ifdef __cplusplus
 }

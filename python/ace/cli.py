@@ -514,7 +514,8 @@ def embed_on(group, args):
         arrays["tokens"] = tokens
     out = Path(args.out)
     write_npz(out, arrays)
-    print(f"embedded {len(paths)} images -> {out} (cls {cls.shape}" + (f", tokens {tokens.shape})" if args.tokens else ")"))
+    shapes = f"cls {cls.shape}" + (f", tokens {tokens.shape}" if args.tokens else "")
+    print(f"embedded {len(paths)} images -> {out} ({shapes})")
     return 0
 
 

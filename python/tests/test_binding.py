@@ -79,3 +79,46 @@ def test_loading_a_missing_file_is_an_error_for_both_kinds(tmp_path):
     for load in (_native.load_encoder, _native.load_trainer):
         with pytest.raises(ace.ACEError):
             load(str(tmp_path / "missing.safetensors"))
+
+
+def test_changing_the_thread_count_during_training_steps_changes_nothing():
+    # Per-worker scratch (attention backward, the views' canvases) is sized from the thread
+    # count that the same call then splits the work by: another thread changing the count
+    # mid-step (here up to 8 on a run started with 2) cannot make a worker write past it. On
+    # these small shapes some products' row splits follow the thread count, so the results
+    # agree to rounding, not bit for bit.
+    import threading
+
+    batches = [np.random.default_rng(i).random((2, 128, 128), dtype=np.float32) for i in range(4)]
+
+    def steps():
+        trainer = ace.Trainer(tiny_config(), seed=5)
+        return [trainer.step(b) for b in batches], trainer.student.state_dict()
+
+    before = ace.get_num_threads()
+    try:
+        ace.set_num_threads(2)
+        expected, weights = steps()
+        done = threading.Event()
+
+        def retune():
+            counts = [1, 8, 2, 3, 1, 6]
+            i = 0
+            while not done.is_set():
+                ace.set_num_threads(counts[i % len(counts)])
+                i += 1
+
+        tuner = threading.Thread(target=retune)
+        tuner.start()
+        try:
+            got, got_weights = steps()
+        finally:
+            done.set()
+            tuner.join()
+    finally:
+        ace.set_num_threads(before)
+    assert [g["step"] for g in got] == [1, 2, 3, 4]
+    for g, e in zip(got, expected):
+        assert g == pytest.approx(e, rel=1e-4, abs=1e-6)
+    for k in weights:
+        np.testing.assert_allclose(got_weights[k], weights[k], rtol=1e-3, atol=1e-5)

@@ -13,11 +13,7 @@ import numpy as np
 
 from . import phantom
 from .images import ImageReadError, read_image, resize
-
-STRUCTURES = phantom.STRUCTURES
-LANDMARK_ORDER = phantom.LANDMARK_ORDER
-LANDMARK_OFFSETS = dict(zip(LANDMARK_ORDER, np.cumsum([0] + [phantom.LANDMARK_COUNTS[s] for s in LANDMARK_ORDER])))
-LANDMARKS = sum(phantom.LANDMARK_COUNTS.values())
+from .jsrt import LANDMARK_COUNTS, LANDMARK_OFFSETS, LANDMARK_ORDER, LANDMARKS, STRUCTURES
 
 
 @dataclass
@@ -86,7 +82,7 @@ def phantom_set(n=60, size=256, seed=0):
 
 def landmark_ids(structure):
     """The landmark ids (indices into the landmark arrays) of one structure of LANDMARK_ORDER."""
-    return np.arange(LANDMARK_OFFSETS[structure], LANDMARK_OFFSETS[structure] + phantom.LANDMARK_COUNTS[structure])
+    return np.arange(LANDMARK_OFFSETS[structure], LANDMARK_OFFSETS[structure] + LANDMARK_COUNTS[structure])
 
 
 def landmark_structures(ids):
