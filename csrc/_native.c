@@ -10,6 +10,7 @@
 #include <numpy/arrayobject.h>
 
 #include "ace.h"
+#include "ace_testing.h"   /* gemm, local_match_loss: for the tests */
 
 static PyObject *ACEError; /* ace.errors.ACEError */
 
@@ -33,23 +34,68 @@ static PyArrayObject *float_array(PyObject *obj, int ndim, const char *what) {
     return (PyArrayObject *)PyArray_FROM_OTF(obj, NPY_FLOAT32, NPY_ARRAY_IN_ARRAY);
 }
 
-/* ------------------------------------------------------------------ Encoder */
+/* Runs a core call without the GIL: it may compute, or wait for a handle's lock while another
+ * thread computes. */
+#define WITHOUT_GIL(call) do { Py_BEGIN_ALLOW_THREADS call; Py_END_ALLOW_THREADS } while (0)
+
+/* A Python method's result for a core call's status: None, or ACEError with the core's message. */
+static PyObject *none_or_error(int32_t status) {
+    if (status) return raise_core_error();
+    Py_RETURN_NONE;
+}
+
+/* ------------------------------------------------------------------ handles */
+
+/* Encoders and trainers are the same Python object over an opaque core handle; they differ
+ * only in the core function that frees the handle and in the word error messages use. The
+ * type comes first, so an object's kind is its type: (HandleKind *)Py_TYPE(self). The core
+ * serializes each handle's calls with its own lock; this side only owns the reference. */
+typedef struct {
+    PyTypeObject type;
+    const char *what;            /* "encoder", "trainer" */
+    void (*free)(void *);
+} HandleKind;
 
 typedef struct {
     PyObject_HEAD
-    void *handle;
-} EncoderObject;
+    void *handle;                /* NULL until __init__ succeeds */
+} HandleObject;
 
-static PyTypeObject EncoderType;
+static HandleKind EncoderKind, TrainerKind;
 
-static PyObject *wrap_encoder(void *handle) {
-    EncoderObject *self = PyObject_New(EncoderObject, &EncoderType);
-    if (!self) { ace_encoder_free(handle); return NULL; }
+static const HandleKind *kind_of(HandleObject *self) { return (const HandleKind *)Py_TYPE(self); }
+
+/* self's core handle, or NULL with ACEError set. */
+static void *handle_of(HandleObject *self) {
+    if (!self->handle) PyErr_Format(ACEError, "%s is not initialized", kind_of(self)->what);
+    return self->handle;
+}
+
+/* tp_init's end: a created handle replaces (and frees) the one self held; 0 or -1. */
+static int init_handle(HandleObject *self, int32_t status, void *handle) {
+    if (status) { raise_core_error(); return -1; }
+    if (self->handle) kind_of(self)->free(self->handle);
+    self->handle = handle;
+    return 0;
+}
+
+/* A new Python object owning handle (freed if the object cannot be made), or ACEError. */
+static PyObject *wrap_handle(HandleKind *kind, int32_t status, void *handle) {
+    if (status) return raise_core_error();
+    HandleObject *self = PyObject_New(HandleObject, &kind->type);
+    if (!self) { kind->free(handle); return NULL; }
     self->handle = handle;
     return (PyObject *)self;
 }
 
-static int Encoder_init(EncoderObject *self, PyObject *args, PyObject *kwds) {
+static void Handle_dealloc(HandleObject *self) {
+    if (self->handle) kind_of(self)->free(self->handle);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* ------------------------------------------------------------------ Encoder */
+
+static int Encoder_init(HandleObject *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"preset", "in_chans", "img_size", "drop_path", "seed", NULL};
     const char *preset;
     int in_chans = 1, img_size = 224;
@@ -60,56 +106,39 @@ static int Encoder_init(EncoderObject *self, PyObject *args, PyObject *kwds) {
         return -1;
     void *handle = NULL;
     int32_t status;
-    Py_BEGIN_ALLOW_THREADS
-    status = ace_encoder_create(preset, in_chans, img_size, drop_path, seed, &handle);
-    Py_END_ALLOW_THREADS
-    if (status) { raise_core_error(); return -1; }
-    if (self->handle) ace_encoder_free(self->handle);
-    self->handle = handle;
-    return 0;
+    WITHOUT_GIL(status = ace_encoder_create(preset, in_chans, img_size, drop_path, seed, &handle));
+    return init_handle(self, status, handle);
 }
 
-static void Encoder_dealloc(EncoderObject *self) {
-    if (self->handle) ace_encoder_free(self->handle);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
-static int check_handle(EncoderObject *self) {
-    if (!self->handle) { PyErr_SetString(ACEError, "encoder is not initialized"); return 0; }
-    return 1;
-}
-
-static PyObject *Encoder_config_json(EncoderObject *self, PyObject *unused) {
-    if (!check_handle(self)) return NULL;
-    return PyUnicode_FromString(ace_encoder_config(self->handle));
+static PyObject *Encoder_config_json(HandleObject *self, PyObject *unused) {
+    void *h = handle_of(self);
+    return h ? PyUnicode_FromString(ace_encoder_config(h)) : NULL;
 }
 
 /* save(path, preprocessing_json=None) */
-static PyObject *Encoder_save(EncoderObject *self, PyObject *args) {
+static PyObject *Encoder_save(HandleObject *self, PyObject *args) {
     PyObject *path_obj;
     const char *preprocessing = NULL;
-    if (!check_handle(self) || !PyArg_ParseTuple(args, "O&|z", PyUnicode_FSConverter, &path_obj, &preprocessing))
-        return NULL;
+    void *h = handle_of(self);
+    if (!h || !PyArg_ParseTuple(args, "O&|z", PyUnicode_FSConverter, &path_obj, &preprocessing)) return NULL;
     int32_t status;
-    Py_BEGIN_ALLOW_THREADS
-    status = ace_encoder_save(self->handle, PyBytes_AS_STRING(path_obj), preprocessing);
-    Py_END_ALLOW_THREADS
+    WITHOUT_GIL(status = ace_encoder_save(h, PyBytes_AS_STRING(path_obj), preprocessing));
     Py_DECREF(path_obj);
-    if (status) return raise_core_error();
-    Py_RETURN_NONE;
+    return none_or_error(status);
 }
 
 /* [(name, shape tuple), ...] in the core's parameter order. */
-static PyObject *Encoder_tensors(EncoderObject *self, PyObject *unused) {
-    if (!check_handle(self)) return NULL;
-    int32_t n = ace_encoder_num_tensors(self->handle);
+static PyObject *Encoder_tensors(HandleObject *self, PyObject *unused) {
+    void *h = handle_of(self);
+    if (!h) return NULL;
+    int32_t n = ace_encoder_num_tensors(h);
     PyObject *list = PyList_New(n);
     if (!list) return NULL;
     for (int32_t i = 0; i < n; i++) {
         const char *name;
         int32_t ndim;
         int64_t shape[4];
-        if (ace_encoder_tensor_info(self->handle, i, &name, &ndim, shape)) {
+        if (ace_encoder_tensor_info(h, i, &name, &ndim, shape)) {
             Py_DECREF(list);
             return raise_core_error();
         }
@@ -120,21 +149,20 @@ static PyObject *Encoder_tensors(EncoderObject *self, PyObject *unused) {
     return list;
 }
 
-static PyObject *Encoder_get_tensor(EncoderObject *self, PyObject *args) {
+static PyObject *Encoder_get_tensor(HandleObject *self, PyObject *args) {
     int index;
-    if (!check_handle(self) || !PyArg_ParseTuple(args, "i", &index)) return NULL;
+    void *h = handle_of(self);
+    if (!h || !PyArg_ParseTuple(args, "i", &index)) return NULL;
     const char *name;
     int32_t ndim;
     int64_t shape[4];
-    if (ace_encoder_tensor_info(self->handle, index, &name, &ndim, shape)) return raise_core_error();
+    if (ace_encoder_tensor_info(h, index, &name, &ndim, shape)) return raise_core_error();
     npy_intp dims[4];
     for (int d = 0; d < ndim; d++) dims[d] = (npy_intp)shape[d];
     PyArrayObject *out = (PyArrayObject *)PyArray_SimpleNew(ndim, dims, NPY_FLOAT32);
     if (!out) return NULL;
     int32_t status;
-    Py_BEGIN_ALLOW_THREADS
-    status = ace_encoder_get_tensor(self->handle, index, PyArray_DATA(out), PyArray_SIZE(out));
-    Py_END_ALLOW_THREADS
+    WITHOUT_GIL(status = ace_encoder_get_tensor(h, index, PyArray_DATA(out), PyArray_SIZE(out)));
     if (status) {
         Py_DECREF(out);
         return raise_core_error();
@@ -142,10 +170,11 @@ static PyObject *Encoder_get_tensor(EncoderObject *self, PyObject *args) {
     return (PyObject *)out;
 }
 
-static PyObject *Encoder_set_tensor(EncoderObject *self, PyObject *args) {
+static PyObject *Encoder_set_tensor(HandleObject *self, PyObject *args) {
     int index;
     PyObject *obj;
-    if (!check_handle(self) || !PyArg_ParseTuple(args, "iO", &index, &obj)) return NULL;
+    void *h = handle_of(self);
+    if (!h || !PyArg_ParseTuple(args, "iO", &index, &obj)) return NULL;
     if (!PyArray_Check(obj) || PyArray_TYPE((PyArrayObject *)obj) != NPY_FLOAT32) {
         PyErr_SetString(ACEError, "tensor values must be a float32 NumPy array");
         return NULL;
@@ -153,12 +182,9 @@ static PyObject *Encoder_set_tensor(EncoderObject *self, PyObject *args) {
     PyArrayObject *arr = (PyArrayObject *)PyArray_FROM_OTF(obj, NPY_FLOAT32, NPY_ARRAY_IN_ARRAY);
     if (!arr) return NULL;
     int32_t status;
-    Py_BEGIN_ALLOW_THREADS
-    status = ace_encoder_set_tensor(self->handle, index, PyArray_DATA(arr), PyArray_SIZE(arr));
-    Py_END_ALLOW_THREADS
+    WITHOUT_GIL(status = ace_encoder_set_tensor(h, index, PyArray_DATA(arr), PyArray_SIZE(arr)));
     Py_DECREF(arr);
-    if (status) return raise_core_error();
-    Py_RETURN_NONE;
+    return none_or_error(status);
 }
 
 /* The core's calls that map images to an output buffer: forward_features, forward_train,
@@ -167,7 +193,7 @@ typedef int32_t (*ImageCall)(void *, const float *, int64_t, int64_t, int64_t, i
 
 /* fn on x float32 (B, C, H, W) into out, a writable C-contiguous float32 array the caller
  * allocated (it knows the config), with the GIL released. The core checks every size. */
-static PyObject *call_on_images(EncoderObject *self, ImageCall fn, PyObject *xo, PyObject *oo) {
+static PyObject *call_on_images(void *h, ImageCall fn, PyObject *xo, PyObject *oo) {
     if (!PyArray_Check(oo) || PyArray_TYPE((PyArrayObject *)oo) != NPY_FLOAT32 ||
         !PyArray_ISCARRAY((PyArrayObject *)oo)) {
         PyErr_SetString(ACEError, "out must be a writable C-contiguous float32 array");
@@ -178,78 +204,71 @@ static PyObject *call_on_images(EncoderObject *self, ImageCall fn, PyObject *xo,
     PyArrayObject *out = (PyArrayObject *)oo;
     npy_intp *s = PyArray_DIMS(x);
     int32_t status;
-    Py_BEGIN_ALLOW_THREADS
-    status = fn(self->handle, PyArray_DATA(x), s[0], s[1], s[2], s[3], PyArray_DATA(out), PyArray_SIZE(out));
-    Py_END_ALLOW_THREADS
+    WITHOUT_GIL(status = fn(h, PyArray_DATA(x), s[0], s[1], s[2], s[3], PyArray_DATA(out), PyArray_SIZE(out)));
     Py_DECREF(x);
-    if (status) return raise_core_error();
-    Py_RETURN_NONE;
+    return none_or_error(status);
 }
 
 /* forward_features(x, out[, train]): out float32 (B, 1 + h*w, embed_dim). train=True runs the
  * training forward (drop path, activations kept for backward). */
-static PyObject *Encoder_forward_features(EncoderObject *self, PyObject *args) {
+static PyObject *Encoder_forward_features(HandleObject *self, PyObject *args) {
     PyObject *xo, *oo;
     int train = 0;
-    if (!check_handle(self) || !PyArg_ParseTuple(args, "OO|p", &xo, &oo, &train)) return NULL;
-    return call_on_images(self, train ? ace_encoder_forward_train : ace_encoder_forward_features, xo, oo);
+    void *h = handle_of(self);
+    if (!h || !PyArg_ParseTuple(args, "OO|p", &xo, &oo, &train)) return NULL;
+    return call_on_images(h, train ? ace_encoder_forward_train : ace_encoder_forward_features, xo, oo);
 }
 
 /* forward_attention(x, out): out float32 (B, heads, 1 + h*w), the last block's attention of the
  * class token's query. */
-static PyObject *Encoder_forward_attention(EncoderObject *self, PyObject *args) {
+static PyObject *Encoder_forward_attention(HandleObject *self, PyObject *args) {
     PyObject *xo, *oo;
-    if (!check_handle(self) || !PyArg_ParseTuple(args, "OO", &xo, &oo)) return NULL;
-    return call_on_images(self, ace_encoder_forward_attention, xo, oo);
+    void *h = handle_of(self);
+    if (!h || !PyArg_ParseTuple(args, "OO", &xo, &oo)) return NULL;
+    return call_on_images(h, ace_encoder_forward_attention, xo, oo);
 }
 
-static PyObject *Encoder_backward(EncoderObject *self, PyObject *args) {
+static PyObject *Encoder_backward(HandleObject *self, PyObject *args) {
     PyObject *go;
-    if (!check_handle(self) || !PyArg_ParseTuple(args, "O", &go)) return NULL;
+    void *h = handle_of(self);
+    if (!h || !PyArg_ParseTuple(args, "O", &go)) return NULL;
     PyArrayObject *g = float_array(go, 3, "gradient");
     if (!g) return NULL;
-    int32_t status;
-    Py_BEGIN_ALLOW_THREADS
     npy_intp *d = PyArray_DIMS(g);
-    status = ace_encoder_backward(self->handle, PyArray_DATA(g), d[0], d[1], d[2]);
-    Py_END_ALLOW_THREADS
+    int32_t status;
+    WITHOUT_GIL(status = ace_encoder_backward(h, PyArray_DATA(g), d[0], d[1], d[2]));
     Py_DECREF(g);
-    if (status) return raise_core_error();
-    Py_RETURN_NONE;
+    return none_or_error(status);
 }
 
-static PyObject *Encoder_adamw_step(EncoderObject *self, PyObject *args) {
+static PyObject *Encoder_adamw_step(HandleObject *self, PyObject *args) {
     float lr, wd;
-    if (!check_handle(self) || !PyArg_ParseTuple(args, "ff", &lr, &wd)) return NULL;
+    void *h = handle_of(self);
+    if (!h || !PyArg_ParseTuple(args, "ff", &lr, &wd)) return NULL;
     int32_t status;
-    Py_BEGIN_ALLOW_THREADS
-    status = ace_encoder_adamw_step(self->handle, lr, wd);
-    Py_END_ALLOW_THREADS
-    if (status) return raise_core_error();
-    Py_RETURN_NONE;
+    WITHOUT_GIL(status = ace_encoder_adamw_step(h, lr, wd));
+    return none_or_error(status);
 }
 
-static PyObject *Encoder_set_precision(EncoderObject *self, PyObject *args) {
+static PyObject *Encoder_set_precision(HandleObject *self, PyObject *args) {
     const char *setting;
-    if (!check_handle(self) || !PyArg_ParseTuple(args, "s", &setting)) return NULL;
+    void *h = handle_of(self);
+    if (!h || !PyArg_ParseTuple(args, "s", &setting)) return NULL;
     int32_t status;
-    Py_BEGIN_ALLOW_THREADS   /* waits for the handle's lock if another thread is computing */
-    status = ace_encoder_set_precision(self->handle, setting);
-    Py_END_ALLOW_THREADS
-    if (status) return raise_core_error();
-    Py_RETURN_NONE;
+    WITHOUT_GIL(status = ace_encoder_set_precision(h, setting));
+    return none_or_error(status);
 }
 
-static PyObject *Encoder_precision(EncoderObject *self, PyObject *unused) {
-    if (!check_handle(self)) return NULL;
-    return PyUnicode_FromString(ace_encoder_precision(self->handle));
+static PyObject *Encoder_precision(HandleObject *self, PyObject *unused) {
+    void *h = handle_of(self);
+    return h ? PyUnicode_FromString(ace_encoder_precision(h)) : NULL;
 }
 
 static PyMethodDef Encoder_methods[] = {
     {"set_precision", (PyCFunction)Encoder_set_precision, METH_VARARGS, "set_precision('auto' | 'bf16' | 'fp32')."},
     {"precision", (PyCFunction)Encoder_precision, METH_NOARGS, "The products' precision: 'bf16' or 'fp32'."},
     {"config_json", (PyCFunction)Encoder_config_json, METH_NOARGS, "The encoder's config as JSON."},
-    {"save", (PyCFunction)Encoder_save, METH_VARARGS, "save(path): atomic safetensors write."},
+    {"save", (PyCFunction)Encoder_save, METH_VARARGS, "save(path, preprocessing_json=None): atomic safetensors write."},
     {"tensors", (PyCFunction)Encoder_tensors, METH_NOARGS, "[(name, shape)] of the parameters."},
     {"get_tensor", (PyCFunction)Encoder_get_tensor, METH_VARARGS, "get_tensor(i) -> float32 array (a copy)."},
     {"set_tensor", (PyCFunction)Encoder_set_tensor, METH_VARARGS, "set_tensor(i, float32 array)."},
@@ -261,132 +280,119 @@ static PyMethodDef Encoder_methods[] = {
     {"adamw_step", (PyCFunction)Encoder_adamw_step, METH_VARARGS, "adamw_step(lr, weight_decay)."},
     {NULL}};
 
-static PyTypeObject EncoderType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "ace._native.Encoder",
-    .tp_basicsize = sizeof(EncoderObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Encoder(preset, in_chans=1, img_size=224, drop_path=0.0, seed=0): a native ViT.",
-    .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)Encoder_init,
-    .tp_dealloc = (destructor)Encoder_dealloc,
-    .tp_methods = Encoder_methods,
-};
-
 /* ------------------------------------------------------------------ Trainer */
 
-typedef struct {
-    PyObject_HEAD
-    void *handle;
-} TrainerObject;
+/* The names of the values a step reports, in the core's order (ace_trainer_stat_names), as
+ * Python strings: read once when the module loads. */
+static PyObject *stat_names;
 
-static PyTypeObject TrainerType;
+/* {name: value} of a step's ACE_TRAINER_STATS values. */
+static PyObject *stats_dict(const double *stats) {
+    PyObject *out = PyDict_New();
+    for (int i = 0; out && i < ACE_TRAINER_STATS; i++) {
+        PyObject *value = PyFloat_FromDouble(stats[i]);
+        if (!value || PyDict_SetItem(out, PyTuple_GET_ITEM(stat_names, i), value) < 0) Py_CLEAR(out);
+        Py_XDECREF(value);
+    }
+    return out;
+}
 
-static int Trainer_init(TrainerObject *self, PyObject *args, PyObject *kwds) {
+/* The names from the core's comma-separated list; ImportError if their number is not the
+ * header's ACE_TRAINER_STATS (a library and an extension from different builds). */
+static PyObject *read_stat_names(void) {
+    PyObject *text = PyUnicode_FromString(ace_trainer_stat_names());
+    PyObject *list = text ? PyObject_CallMethod(text, "split", "s", ",") : NULL;
+    Py_XDECREF(text);
+    if (!list) return NULL;
+    if (PyList_GET_SIZE(list) != ACE_TRAINER_STATS) {
+        PyErr_Format(PyExc_ImportError, "libace_core.so reports %zd training statistics, ace.h declares %d: "
+                     "the library and the extension come from different builds", PyList_GET_SIZE(list),
+                     ACE_TRAINER_STATS);
+        Py_DECREF(list);
+        return NULL;
+    }
+    PyObject *names = PyList_AsTuple(list);
+    Py_DECREF(list);
+    return names;
+}
+
+static int Trainer_init(HandleObject *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"config_json", "seed", NULL};
     const char *json;
     unsigned long long seed = 0;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "s|K", kwlist, &json, &seed)) return -1;
     void *handle = NULL;
     int32_t status;
-    Py_BEGIN_ALLOW_THREADS
-    status = ace_trainer_create(json, seed, &handle);
-    Py_END_ALLOW_THREADS
-    if (status) { raise_core_error(); return -1; }
-    if (self->handle) ace_trainer_free(self->handle);
-    self->handle = handle;
-    return 0;
+    WITHOUT_GIL(status = ace_trainer_create(json, seed, &handle));
+    return init_handle(self, status, handle);
 }
 
-static void Trainer_dealloc(TrainerObject *self) {
-    if (self->handle) ace_trainer_free(self->handle);
-    Py_TYPE(self)->tp_free((PyObject *)self);
+static PyObject *Trainer_config_json(HandleObject *self, PyObject *unused) {
+    void *h = handle_of(self);
+    return h ? PyUnicode_FromString(ace_trainer_config(h)) : NULL;
 }
 
-static int check_trainer(TrainerObject *self) {
-    if (!self->handle) { PyErr_SetString(ACEError, "trainer is not initialized"); return 0; }
-    return 1;
-}
-
-static PyObject *Trainer_config_json(TrainerObject *self, PyObject *unused) {
-    if (!check_trainer(self)) return NULL;
-    return PyUnicode_FromString(ace_trainer_config(self->handle));
-}
-
-static PyObject *Trainer_save(TrainerObject *self, PyObject *args) {
+/* save(path, run_state_json=None) */
+static PyObject *Trainer_save(HandleObject *self, PyObject *args) {
     PyObject *path_obj;
-    if (!check_trainer(self) || !PyArg_ParseTuple(args, "O&", PyUnicode_FSConverter, &path_obj)) return NULL;
+    const char *run_state = NULL;
+    void *h = handle_of(self);
+    if (!h || !PyArg_ParseTuple(args, "O&|z", PyUnicode_FSConverter, &path_obj, &run_state)) return NULL;
     int32_t status;
-    Py_BEGIN_ALLOW_THREADS
-    status = ace_trainer_save(self->handle, PyBytes_AS_STRING(path_obj));
-    Py_END_ALLOW_THREADS
+    WITHOUT_GIL(status = ace_trainer_save(h, PyBytes_AS_STRING(path_obj), run_state));
     Py_DECREF(path_obj);
-    if (status) return raise_core_error();
-    Py_RETURN_NONE;
+    return none_or_error(status);
 }
 
-/* step(images float32 (B, C, H, W)) -> tuple of ACE_TRAINER_STATS floats. */
-static PyObject *Trainer_step(TrainerObject *self, PyObject *args) {
+/* step(images float32 (B, C, H, W)) -> stats dict. */
+static PyObject *Trainer_step(HandleObject *self, PyObject *args) {
     PyObject *obj;
-    if (!check_trainer(self) || !PyArg_ParseTuple(args, "O", &obj)) return NULL;
+    void *h = handle_of(self);
+    if (!h || !PyArg_ParseTuple(args, "O", &obj)) return NULL;
     PyArrayObject *x = float_array(obj, 4, "images");
     if (!x) return NULL;
     double stats[ACE_TRAINER_STATS];
     npy_intp *s = PyArray_DIMS(x);
     int32_t status;
-    Py_BEGIN_ALLOW_THREADS
-    status = ace_trainer_step(self->handle, PyArray_DATA(x), s[0], s[1], s[2], s[3], stats);
-    Py_END_ALLOW_THREADS
+    WITHOUT_GIL(status = ace_trainer_step(h, PyArray_DATA(x), s[0], s[1], s[2], s[3], stats));
     Py_DECREF(x);
-    if (status) return raise_core_error();
-    PyObject *out = PyTuple_New(ACE_TRAINER_STATS);
-    for (int i = 0; i < ACE_TRAINER_STATS; i++) PyTuple_SET_ITEM(out, i, PyFloat_FromDouble(stats[i]));
-    return out;
+    return status ? raise_core_error() : stats_dict(stats);
 }
 
-static PyObject *stats_tuple(const double *stats) {
-    PyObject *out = PyTuple_New(ACE_TRAINER_STATS);
-    for (int i = 0; i < ACE_TRAINER_STATS; i++) PyTuple_SET_ITEM(out, i, PyFloat_FromDouble(stats[i]));
-    return out;
-}
-
-/* compute_gradients(images float32 (B, C, H, W), first_image) -> stats tuple (the loss terms). */
-static PyObject *Trainer_compute_gradients(TrainerObject *self, PyObject *args) {
+/* compute_gradients(images float32 (B, C, H, W), first_image) -> stats dict (the loss terms). */
+static PyObject *Trainer_compute_gradients(HandleObject *self, PyObject *args) {
     PyObject *obj;
     long long first = 0;
-    if (!check_trainer(self) || !PyArg_ParseTuple(args, "OL", &obj, &first)) return NULL;
+    void *h = handle_of(self);
+    if (!h || !PyArg_ParseTuple(args, "OL", &obj, &first)) return NULL;
     PyArrayObject *x = float_array(obj, 4, "images");
     if (!x) return NULL;
     double stats[ACE_TRAINER_STATS];
     npy_intp *s = PyArray_DIMS(x);
     int32_t status;
-    Py_BEGIN_ALLOW_THREADS
-    status = ace_trainer_compute_gradients(self->handle, PyArray_DATA(x), s[0], s[1], s[2], s[3], first, stats);
-    Py_END_ALLOW_THREADS
+    WITHOUT_GIL(status = ace_trainer_compute_gradients(h, PyArray_DATA(x), s[0], s[1], s[2], s[3], first, stats));
     Py_DECREF(x);
-    if (status) return raise_core_error();
-    return stats_tuple(stats);
+    return status ? raise_core_error() : stats_dict(stats);
 }
 
-static PyObject *Trainer_apply_gradients(TrainerObject *self, PyObject *unused) {
-    if (!check_trainer(self)) return NULL;
+static PyObject *Trainer_apply_gradients(HandleObject *self, PyObject *unused) {
+    void *h = handle_of(self);
+    if (!h) return NULL;
     double stats[ACE_TRAINER_STATS];
     int32_t status;
-    Py_BEGIN_ALLOW_THREADS
-    status = ace_trainer_apply_gradients(self->handle, stats);
-    Py_END_ALLOW_THREADS
-    if (status) return raise_core_error();
-    return stats_tuple(stats);
+    WITHOUT_GIL(status = ace_trainer_apply_gradients(h, stats));
+    return status ? raise_core_error() : stats_dict(stats);
 }
 
 /* buffer(0 gradients | 1 center statistic) -> writable float32 array over the core's memory,
  * no copy; the array holds a reference to the trainer, so the memory outlives it. */
-static PyObject *Trainer_buffer(TrainerObject *self, PyObject *args) {
+static PyObject *Trainer_buffer(HandleObject *self, PyObject *args) {
     int which;
-    if (!check_trainer(self) || !PyArg_ParseTuple(args, "i", &which)) return NULL;
+    void *h = handle_of(self);
+    if (!h || !PyArg_ParseTuple(args, "i", &which)) return NULL;
     float *data = NULL;
     int64_t count = 0;
-    if (ace_trainer_buffer(self->handle, which, &data, &count)) return raise_core_error();
+    if (ace_trainer_buffer(h, which, &data, &count)) return raise_core_error();
     npy_intp n = (npy_intp)count;
     PyObject *array = PyArray_SimpleNewFromData(1, &n, NPY_FLOAT32, data);
     if (!array) return NULL;
@@ -398,63 +404,86 @@ static PyObject *Trainer_buffer(TrainerObject *self, PyObject *args) {
     return array;
 }
 
-static PyObject *Trainer_steps(TrainerObject *self, PyObject *unused) {
-    if (!check_trainer(self)) return NULL;
-    return PyLong_FromLongLong(ace_trainer_steps(self->handle));
+static PyObject *Trainer_steps(HandleObject *self, PyObject *unused) {
+    void *h = handle_of(self);
+    if (!h) return NULL;
+    int64_t steps;
+    WITHOUT_GIL(steps = ace_trainer_steps(h));
+    return PyLong_FromLongLong(steps);
 }
 
-static PyObject *Trainer_encoder(TrainerObject *self, PyObject *args) {
+static PyObject *Trainer_encoder(HandleObject *self, PyObject *args) {
     int which;
-    if (!check_trainer(self) || !PyArg_ParseTuple(args, "i", &which)) return NULL;
+    void *h = handle_of(self);
+    if (!h || !PyArg_ParseTuple(args, "i", &which)) return NULL;
     void *handle = NULL;
-    if (ace_trainer_encoder(self->handle, which, &handle)) return raise_core_error();
-    return wrap_encoder(handle);
+    int32_t status = ace_trainer_encoder(h, which, &handle);
+    return wrap_handle(&EncoderKind, status, handle);
 }
 
 static PyMethodDef Trainer_methods[] = {
     {"config_json", (PyCFunction)Trainer_config_json, METH_NOARGS, "The run's config as JSON."},
-    {"save", (PyCFunction)Trainer_save, METH_VARARGS, "save(path): the whole run, atomically."},
-    {"step", (PyCFunction)Trainer_step, METH_VARARGS, "step(images float32 (B, C, H, W)) -> stats tuple."},
+    {"save", (PyCFunction)Trainer_save, METH_VARARGS,
+     "save(path, run_state_json=None): the whole run, atomically; run_state_json goes in the metadata."},
+    {"step", (PyCFunction)Trainer_step, METH_VARARGS, "step(images float32 (B, C, H, W)) -> stats dict."},
     {"steps", (PyCFunction)Trainer_steps, METH_NOARGS, "Steps taken so far."},
     {"compute_gradients", (PyCFunction)Trainer_compute_gradients, METH_VARARGS,
-     "compute_gradients(images float32 (B, C, H, W), first_image) -> stats tuple (loss terms)."},
-    {"apply_gradients", (PyCFunction)Trainer_apply_gradients, METH_NOARGS, "apply_gradients() -> stats tuple."},
+     "compute_gradients(images float32 (B, C, H, W), first_image) -> stats dict (loss terms)."},
+    {"apply_gradients", (PyCFunction)Trainer_apply_gradients, METH_NOARGS, "apply_gradients() -> stats dict."},
     {"buffer", (PyCFunction)Trainer_buffer, METH_VARARGS,
      "buffer(0 gradients | 1 center statistic) -> float32 array sharing the core's memory."},
-    {"encoder", (PyCFunction)Trainer_encoder, METH_VARARGS, "encoder(0 student | 1 teacher) -> Encoder sharing weights."},
+    {"encoder", (PyCFunction)Trainer_encoder, METH_VARARGS,
+     "encoder(0 student | 1 teacher) -> Encoder sharing weights."},
     {NULL}};
 
-static PyTypeObject TrainerType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "ace._native.Trainer",
-    .tp_basicsize = sizeof(TrainerObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Trainer(config_json, seed=0): a native pretraining run.",
-    .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)Trainer_init,
-    .tp_dealloc = (destructor)Trainer_dealloc,
-    .tp_methods = Trainer_methods,
-};
+#define HANDLE_TYPE(NAME, DOC, INIT, METHODS)                                      \
+    {                                                                              \
+        PyVarObject_HEAD_INIT(NULL, 0)                                             \
+        .tp_name = "ace._native." NAME, .tp_basicsize = sizeof(HandleObject),      \
+        .tp_flags = Py_TPFLAGS_DEFAULT, .tp_doc = DOC, .tp_new = PyType_GenericNew, \
+        .tp_init = (initproc)INIT, .tp_dealloc = (destructor)Handle_dealloc,       \
+        .tp_methods = METHODS,                                                     \
+    }
+
+static HandleKind EncoderKind = {
+    HANDLE_TYPE("Encoder", "Encoder(preset, in_chans=1, img_size=224, drop_path=0.0, seed=0): a native ViT.",
+                Encoder_init, Encoder_methods),
+    "encoder", ace_encoder_free};
+static HandleKind TrainerKind = {
+    HANDLE_TYPE("Trainer", "Trainer(config_json, seed=0): a native pretraining run.", Trainer_init, Trainer_methods),
+    "trainer", ace_trainer_free};
 
 /* ------------------------------------------------------------------ module */
 
-static PyObject *load_trainer(PyObject *mod, PyObject *args) {
+/* load_encoder(path) / load_trainer(path): a handle read from a safetensors file. */
+static PyObject *load_handle(HandleKind *kind, int32_t (*load)(const char *, void **), PyObject *args) {
     PyObject *path_obj;
     if (!PyArg_ParseTuple(args, "O&", PyUnicode_FSConverter, &path_obj)) return NULL;
     void *handle = NULL;
     int32_t status;
-    Py_BEGIN_ALLOW_THREADS
-    status = ace_trainer_load(PyBytes_AS_STRING(path_obj), &handle);
-    Py_END_ALLOW_THREADS
+    WITHOUT_GIL(status = load(PyBytes_AS_STRING(path_obj), &handle));
     Py_DECREF(path_obj);
-    if (status) return raise_core_error();
-    TrainerObject *self = PyObject_New(TrainerObject, &TrainerType);
-    if (!self) { ace_trainer_free(handle); return NULL; }
-    self->handle = handle;
-    return (PyObject *)self;
+    return wrap_handle(kind, status, handle);
 }
 
-/* A writable C-contiguous array of the given type, or NULL with ACEError set. */
+static PyObject *load_encoder(PyObject *mod, PyObject *args) {
+    return load_handle(&EncoderKind, ace_encoder_load, args);
+}
+
+static PyObject *load_trainer(PyObject *mod, PyObject *args) {
+    return load_handle(&TrainerKind, ace_trainer_load, args);
+}
+
+static PyObject *encoder_from_json(PyObject *mod, PyObject *args) {
+    const char *json;
+    unsigned long long seed = 0;
+    if (!PyArg_ParseTuple(args, "s|K", &json, &seed)) return NULL;
+    void *handle = NULL;
+    int32_t status;
+    WITHOUT_GIL(status = ace_encoder_create_from_json(json, seed, &handle));
+    return wrap_handle(&EncoderKind, status, handle);
+}
+
 /* The data of a writable C-contiguous array of the given dtype; its element count goes to *len. */
 static void *out_buffer(PyObject *obj, int type, const char *what, int64_t *len) {
     if (!PyArray_Check(obj) || PyArray_TYPE((PyArrayObject *)obj) != type ||
@@ -491,11 +520,8 @@ static PyObject *grid_crops(PyObject *mod, PyObject *args) {
             return NULL;
     }
     int32_t status;
-    Py_BEGIN_ALLOW_THREADS
-    status = ace_grid_crops(json, seed, count, boxes, o1, o2, tc, td, image, v1, v2, len);
-    Py_END_ALLOW_THREADS
-    if (status) return raise_core_error();
-    Py_RETURN_NONE;
+    WITHOUT_GIL(status = ace_grid_crops(json, seed, count, boxes, o1, o2, tc, td, image, v1, v2, len));
+    return none_or_error(status);
 }
 
 /* resize(src float32 (N, H, W), out float32 (N, h, w)): the core's resampler, into out. */
@@ -504,46 +530,18 @@ static PyObject *resize(PyObject *mod, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OO", &so, &oo)) return NULL;
     PyArrayObject *src = float_array(so, 3, "images");
     if (!src) return NULL;
-    if (!PyArray_Check(oo) || PyArray_TYPE((PyArrayObject *)oo) != NPY_FLOAT32 || PyArray_NDIM((PyArrayObject *)oo) != 3 ||
-        !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)oo) || PyArray_DIM((PyArrayObject *)oo, 0) != PyArray_DIM(src, 0)) {
+    PyArrayObject *out = (PyArrayObject *)oo;
+    if (!PyArray_Check(oo) || PyArray_TYPE(out) != NPY_FLOAT32 || PyArray_NDIM(out) != 3 ||
+        !PyArray_IS_C_CONTIGUOUS(out) || PyArray_DIM(out, 0) != PyArray_DIM(src, 0)) {
         Py_DECREF(src);
         PyErr_SetString(ACEError, "resize: out must be a C-contiguous float32 (N, h, w) array with N images");
         return NULL;
     }
-    npy_intp *s = PyArray_DIMS(src), *o = PyArray_DIMS((PyArrayObject *)oo);
+    npy_intp *s = PyArray_DIMS(src), *o = PyArray_DIMS(out);
     int32_t status;
-    Py_BEGIN_ALLOW_THREADS
-    status = ace_resize(PyArray_DATA(src), s[0], s[1], s[2], PyArray_DATA((PyArrayObject *)oo), o[1], o[2]);
-    Py_END_ALLOW_THREADS
+    WITHOUT_GIL(status = ace_resize(PyArray_DATA(src), s[0], s[1], s[2], PyArray_DATA(out), o[1], o[2]));
     Py_DECREF(src);
-    if (status) return raise_core_error();
-    Py_RETURN_NONE;
-}
-
-static PyObject *load_encoder(PyObject *mod, PyObject *args) {
-    PyObject *path_obj;
-    if (!PyArg_ParseTuple(args, "O&", PyUnicode_FSConverter, &path_obj)) return NULL;
-    void *handle = NULL;
-    int32_t status;
-    Py_BEGIN_ALLOW_THREADS
-    status = ace_encoder_load(PyBytes_AS_STRING(path_obj), &handle);
-    Py_END_ALLOW_THREADS
-    Py_DECREF(path_obj);
-    if (status) return raise_core_error();
-    return wrap_encoder(handle);
-}
-
-static PyObject *encoder_from_json(PyObject *mod, PyObject *args) {
-    const char *json;
-    unsigned long long seed = 0;
-    if (!PyArg_ParseTuple(args, "s|K", &json, &seed)) return NULL;
-    void *handle = NULL;
-    int32_t status;
-    Py_BEGIN_ALLOW_THREADS
-    status = ace_encoder_create_from_json(json, seed, &handle);
-    Py_END_ALLOW_THREADS
-    if (status) return raise_core_error();
-    return wrap_encoder(handle);
+    return none_or_error(status);
 }
 
 static PyObject *set_num_threads(PyObject *mod, PyObject *args) {
@@ -593,9 +591,8 @@ static PyObject *gemm(PyObject *mod, PyObject *args) {
         c = (PyArrayObject *)PyArray_SimpleNew(2, dims, NPY_FLOAT32);
         if (c) {
             int32_t status;
-            Py_BEGIN_ALLOW_THREADS
-            status = ace_gemm(ta, tb, m, n, k, PyArray_DATA(a), PyArray_DATA(b), PyArray_DATA(c), precision);
-            Py_END_ALLOW_THREADS
+            WITHOUT_GIL(status = ace_gemm(ta, tb, m, n, k, PyArray_DATA(a), PyArray_DATA(b), PyArray_DATA(c),
+                                          precision));
             if (status) { Py_CLEAR(c); raise_core_error(); }
         }
     }
@@ -623,10 +620,8 @@ static PyObject *local_match_loss(PyObject *mod, PyObject *args) {
     if (!dz) goto done;
     double loss = 0, accuracy = 0;
     int32_t status;
-    Py_BEGIN_ALLOW_THREADS
-    status = ace_local_match_loss(PyArray_DATA(t), PyArray_DATA(z), PyArray_DATA(g), b, n, nz, c, alpha, scale,
-                                  &loss, &accuracy, PyArray_DATA(dz));
-    Py_END_ALLOW_THREADS
+    WITHOUT_GIL(status = ace_local_match_loss(PyArray_DATA(t), PyArray_DATA(z), PyArray_DATA(g), b, n, nz, c,
+                                              alpha, scale, &loss, &accuracy, PyArray_DATA(dz)));
     if (status) {
         raise_core_error();
         goto done;
@@ -641,7 +636,8 @@ done:
 }
 
 static PyMethodDef module_methods[] = {
-    {"local_match_loss", local_match_loss, METH_VARARGS, "local_match_loss(teacher, z, targets, alpha, scale) -> (loss, accuracy, dz)"},
+    {"local_match_loss", local_match_loss, METH_VARARGS,
+     "local_match_loss(teacher, z, targets, alpha, scale) -> (loss, accuracy, dz)"},
     {"load_encoder", load_encoder, METH_VARARGS, "load_encoder(path) -> Encoder"},
     {"load_trainer", load_trainer, METH_VARARGS, "load_trainer(path) -> Trainer"},
     {"grid_crops", grid_crops, METH_VARARGS, "grid_crops(config_json, seed, count, buffers...)"},
@@ -665,12 +661,15 @@ PyMODINIT_FUNC PyInit__native(void) {
     ACEError = PyObject_GetAttrString(errors, "ACEError");
     Py_DECREF(errors);
     if (!ACEError) return NULL;
-    if (PyType_Ready(&EncoderType) < 0 || PyType_Ready(&TrainerType) < 0) return NULL;
+    if (PyType_Ready(&EncoderKind.type) < 0 || PyType_Ready(&TrainerKind.type) < 0) return NULL;
+    if (!(stat_names = read_stat_names())) return NULL;
     PyObject *m = PyModule_Create(&module_def);
     if (!m) return NULL;
-    Py_INCREF(&EncoderType);
-    PyModule_AddObject(m, "Encoder", (PyObject *)&EncoderType);
-    Py_INCREF(&TrainerType);
-    PyModule_AddObject(m, "Trainer", (PyObject *)&TrainerType);
+    Py_INCREF(&EncoderKind.type);
+    PyModule_AddObject(m, "Encoder", (PyObject *)&EncoderKind.type);
+    Py_INCREF(&TrainerKind.type);
+    PyModule_AddObject(m, "Trainer", (PyObject *)&TrainerKind.type);
+    Py_INCREF(stat_names);
+    PyModule_AddObject(m, "STAT_NAMES", stat_names);
     return m;
 }

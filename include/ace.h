@@ -16,8 +16,6 @@ extern "C" {
 const char *ace_last_error(void);
 int32_t ace_set_num_threads(int32_t n);
 int32_t ace_get_num_threads(void);
-int32_t ace_gemm(int32_t trans_a, int32_t trans_b, int64_t m, int64_t n, int64_t k,
-                 const float *a, const float *b, float *c, const char *precision /* NULL: fp32 */);
 
 /* Encoders: timm-style Vision Transformers (vit_*) or Swin Transformers (swin_*; a config with
    "depths"; files with "backbone": "swin" in the metadata). forward_features writes
@@ -62,13 +60,14 @@ int32_t ace_encoder_backward(void *encoder, const float *d_out, int64_t batch, i
 int32_t ace_encoder_adamw_step(void *encoder, float lr, float weight_decay);
 
 /* Pretraining runs (ACE and the DINO baseline). */
-#define ACE_TRAINER_STATS 11 /* loss, global, comp, decomp, lr, wd, momentum, grad_norm,
-                                step, comp_acc, decomp_acc */
+#define ACE_TRAINER_STATS 11 /* the values a step writes; their names, in order: */
+const char *ace_trainer_stat_names(void); /* comma-separated: "loss,global,comp,..." */
 int32_t ace_trainer_create(const char *config_json, uint64_t seed, void **out);
 int32_t ace_trainer_load(const char *path, void **out);
 void ace_trainer_free(void *trainer);
 const char *ace_trainer_config(void *trainer);
-int32_t ace_trainer_save(void *trainer, const char *path);
+/* run_state: NULL or a JSON string stored as the file's "run" metadata. */
+int32_t ace_trainer_save(void *trainer, const char *path, const char *run_state);
 /* images (batch, channels, height, width) float32 in [0, 1]; channels must be the run's in_chans. */
 int32_t ace_trainer_step(void *trainer, const float *images, int64_t batch, int64_t channels,
                          int64_t height, int64_t width, double *stats /* ACE_TRAINER_STATS */);
@@ -99,13 +98,6 @@ int32_t ace_resize(const float *src, int64_t count, int64_t height, int64_t widt
 int32_t ace_grid_crops(const char *config_json, uint64_t seed, int64_t count, int32_t *boxes,
                        uint8_t *o1, uint8_t *o2, float *t_comp, float *t_decomp,
                        const float *image, float *views1, float *views2, const int64_t *lengths);
-
-/* The composition/decomposition loss on given arrays: teacher (B, N, C), z (B, Nz, C),
- * targets (B, N, Nz) -> mean loss, matching accuracy (rows with a target whose best
- * column is the target's peak) and dz (B, Nz, C). */
-int32_t ace_local_match_loss(const float *teacher, const float *z, const float *targets,
-                             int64_t batch, int64_t n, int64_t nz, int64_t c, float alpha,
-                             float scale, double *loss, double *accuracy, float *dz);
 
 #ifdef __cplusplus
 }

@@ -60,7 +60,7 @@ public final class Attention {
         usedBF16 = precision == .bf16 && attendBF16()
         if usedBF16 { proj.forward(context, into: y, keepInput: keep); return }
         let base = qkvOut.data, ps = probs.data, ctx = context.data, s = scale
-        parallelWorkers(b * hN, minPerChunk: 1) { range, _ in
+        parallelChunks(b * hN, minPerChunk: 1) { range in
           for bh in range {
             let bi = bh / hN, h = bh % hN
             let q = base + bi * t * 3 * c + h * d

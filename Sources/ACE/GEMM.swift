@@ -25,7 +25,8 @@ public func gemm(
         return
     }
     // Below about a million multiply-adds a split costs more than it saves.
-    let rowsPerChunk = m * n * k < (1 << 20) || workerCount == 1 ? m : max(8, m / workerCount)
+    let workers = workerCount
+    let rowsPerChunk = m * n * k < (1 << 20) || workers == 1 ? m : max(8, m / workers)
     parallelChunks(m, minPerChunk: rowsPerChunk) { rows in
         let aOffset = transA ? rows.lowerBound : rows.lowerBound * lda
         serialGemm(transA: transA, transB: transB, m: rows.count, n: n, k: k, alpha: alpha,

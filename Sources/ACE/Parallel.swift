@@ -15,13 +15,15 @@ public func setThreads(_ n: Int) {
 /// each at least `minPerChunk` long. Small jobs run inline.
 @inline(__always)
 public func parallelChunks(_ n: Int, minPerChunk: Int = 16, _ body: (Range<Int>) -> Void) {
-    parallelWorkers(n, minPerChunk: minPerChunk) { range, _ in body(range) }
+    parallelWorkers(n, minPerChunk: minPerChunk, workers: workerCount) { range, _ in body(range) }
 }
 
 /// As parallelChunks, also telling each chunk its worker index (below `workers`, for
-/// per-worker scratch sized by the caller).
+/// per-worker scratch). `workers` has no default: the caller reads `workerCount` once and uses
+/// that value both to size its scratch and here, so a concurrent `setThreads` cannot make the
+/// split outgrow the scratch.
 @inline(__always)
-public func parallelWorkers(_ n: Int, minPerChunk: Int = 16, workers: Int = workerCount,
+public func parallelWorkers(_ n: Int, minPerChunk: Int = 16, workers: Int,
                             _ body: (Range<Int>, Int) -> Void) {
     let chunks = min(workers, max(1, n / max(minPerChunk, 1)))
     if chunks <= 1 { body(0..<n, 0); return }

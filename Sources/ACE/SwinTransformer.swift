@@ -78,8 +78,6 @@ public final class SwinTransformer {
         }
     }
 
-    public func parameter(named name: String) -> Parameter? { parameters.first { $0.name == name } }
-
     public func zeroGrad() { for p in parameters { p.grad.zero() } }
 
     /// x: (B, in_chans, S, S) normalized, S = img_size -> (B, g*g, C_final) after the final norm.

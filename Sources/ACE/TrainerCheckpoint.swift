@@ -6,18 +6,24 @@ import FoundationEssentials
 extension Trainer {
     public static let checkpointFormat = "ace-trainer"
 
-    public func save(to path: String) throws {
+    /// `extraMetadata`: the caller's entries (e.g. "run", the state of the driver's loop), kept
+    /// beside the run's own; they cannot replace those.
+    public func save(to path: String, extraMetadata: [String: String] = [:]) throws {
         let configJSON = config.json
         let encoderJSON = teacher.configJSON
         let s = rng.state
-        let metadata = [
+        var metadata = extraMetadata
+        for (key, value) in [
             "format": Self.checkpointFormat,
             "config": configJSON,
             "encoder_config": encoderJSON,
             "step": String(step),
             "adam_t": String(optimizer.t),
             "rng": [s.0, s.1, s.2, s.3].map(String.init).joined(separator: ","),
-        ]
+        ] {
+            try require(metadata[key] == nil, "metadata key '\(key)' is the run's own")
+            metadata[key] = value
+        }
         try Safetensors.write(namedTensors.map { ($0.0, $0.1.shape, UnsafePointer($0.1.data)) },
                               metadata: metadata, to: path)
     }

@@ -57,8 +57,6 @@ public final class VisionTransformer {
         }
     }
 
-    public func parameter(named name: String) -> Parameter? { parameters.first { $0.name == name } }
-
     public func zeroGrad() { for p in parameters { p.grad.zero() } }
 
     /// x: (B, in_chans, H, W) normalized -> (B, 1 + h*w, C) after the final norm.

@@ -64,7 +64,7 @@ public final class WindowAttention {
         probs.reshape([bw, hN, n, n]); context.reshape([bw, n, c])
         let base = qkvOut.data, ps = probs.data, ctx = context.data, s = scale
         let bs = bias.data, ms = mask?.data
-        parallelWorkers(bw * hN, minPerChunk: 1) { range, _ in
+        parallelChunks(bw * hN, minPerChunk: 1) { range in
             for bh in range {
                 let bi = bh / hN, h = bh % hN
                 let q = base + bi * n * 3 * c + h * d
@@ -104,7 +104,7 @@ public final class WindowAttention {
         dLogits.reshape([bw, hN, n, n])
         let base = qkvOut.data, ps = probs.data, dctx = dContext.data, dq = dQKV.data
         let dls = dLogits.data, s = scale
-        parallelWorkers(bw * hN, minPerChunk: 1) { range, _ in
+        parallelChunks(bw * hN, minPerChunk: 1) { range in
             for bh in range {
                 let bi = bh / hN, h = bh % hN
                 let q = base + bi * n * 3 * c + h * d

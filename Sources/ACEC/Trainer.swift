@@ -21,9 +21,18 @@ func trainerHandle(_ h: UnsafeMutableRawPointer?) throws -> TrainerHandle {
     return Unmanaged<TrainerHandle>.fromOpaque(h).takeUnretainedValue()
 }
 
-/// Number of values ace_trainer_step writes: loss, global, comp, decomp, lr, wd, momentum,
-/// grad_norm, step, comp_acc, decomp_acc.
-let statCount = 11
+/// The values a step reports, in the order ace_trainer_step writes them, by name: the one list
+/// of them (the binding reads the names with ace_trainer_stat_names).
+let statFields: [(name: String, value: (Trainer.Stats) -> Double)] = [
+    ("loss", \.loss), ("global", \.global), ("comp", \.comp), ("decomp", \.decomp), ("lr", \.lr), ("wd", \.wd),
+    ("momentum", \.momentum), ("grad_norm", \.gradNorm), ("step", { Double($0.step) }),
+    ("comp_acc", \.compAccuracy), ("decomp_acc", \.decompAccuracy),
+]
+private let statNames: UnsafeMutablePointer<CChar> = strdup(statFields.map(\.name).joined(separator: ","))!
+
+/// The names of the values ace_trainer_step writes, comma-separated, in order.
+@_cdecl("ace_trainer_stat_names")
+public func ace_trainer_stat_names() -> UnsafePointer<CChar>? { UnsafePointer(statNames) }
 
 @_cdecl("ace_trainer_create")
 public func ace_trainer_create(_ json: UnsafePointer<CChar>?, _ seed: UInt64,
@@ -55,16 +64,20 @@ public func ace_trainer_config(_ h: UnsafeMutableRawPointer?) -> UnsafePointer<C
     return UnsafePointer(t.configJSON)
 }
 
+/// Writes the whole run atomically; `runState` (may be NULL) is stored verbatim under the
+/// metadata key "run": the caller's state of the run (data, seed, length) for resuming it.
 @_cdecl("ace_trainer_save")
-public func ace_trainer_save(_ h: UnsafeMutableRawPointer?, _ path: UnsafePointer<CChar>?) -> Int32 {
+public func ace_trainer_save(_ h: UnsafeMutableRawPointer?, _ path: UnsafePointer<CChar>?,
+                             _ runState: UnsafePointer<CChar>?) -> Int32 {
     guarded {
         let t = try trainerHandle(h)
         let p = try string(path, "path")
-        try t.lock.locked { try t.trainer.save(to: p) }
+        let extra = runState.map { ["run": String(cString: $0)] } ?? [:]
+        try t.lock.locked { try t.trainer.save(to: p, extraMetadata: extra) }
     }
 }
 
-/// images (B, C, H, W) float32 in [0, 1], C the run's in_chans; stats receives `statCount` doubles.
+/// images (B, C, H, W) float32 in [0, 1], C the run's in_chans; stats receives the `statFields` values.
 @_cdecl("ace_trainer_step")
 public func ace_trainer_step(_ h: UnsafeMutableRawPointer?, _ images: UnsafePointer<Float>?,
                              _ b: Int64, _ channels: Int64, _ height: Int64, _ width: Int64,
@@ -89,9 +102,7 @@ func checkChannels(_ channels: Int64, _ trainer: Trainer) throws {
 }
 
 func writeStats(_ s: Trainer.Stats, _ stats: UnsafeMutablePointer<Double>) {
-    let values = [s.loss, s.global, s.comp, s.decomp, s.lr, s.wd, s.momentum, s.gradNorm, Double(s.step),
-                  s.compAccuracy, s.decompAccuracy]
-    for (i, v) in values.enumerated() { stats[i] = v }
+    for (i, field) in statFields.enumerated() { stats[i] = field.value(s) }
 }
 
 /// The first half of a step (data-parallel training): gradients into the flat buffer of

@@ -42,7 +42,9 @@ def __getattr__(name):
     # The native extension is imported lazily so data loading and the phantom can be used
     # (and tested) on their own.
     if name in _LAZY_SUBMODULES:
-        return importlib.import_module(f".{name}", __name__)
+        from .extras import needs
+        with needs(f"ace.{name}"):
+            return importlib.import_module(f".{name}", __name__)
     if name == "Encoder":
         from .encoder import Encoder
         return Encoder

@@ -283,19 +283,30 @@ def resolve_settings(args):
     return runconfig.RunSettings(runconfig.merge(layers))
 
 
-def read_run_file(path):
-    """(seed, data, steps) of OUT/run.json, written when the run being resumed started."""
+def saved_run_state(trainer, checkpoint):
+    """The state `ace pretrain` keeps with a run (data, seed, total steps, data order): in the
+    checkpoint itself, or for runs saved before it was, in run.json beside it."""
+    from .data.images import ORDERS
     from .errors import ACEError
-    if not path.exists():
-        raise FileNotFoundError(f"{path} (written by the run being resumed) is missing")
+    state = trainer.run_state
+    if state is not None:
+        if not (isinstance(state, dict) and {"seed", "data", "steps"} <= state.keys()
+                and state.get("data_order") in ORDERS):
+            raise ACEError(f"{checkpoint}: its run state is not one `ace pretrain` wrote: {state!r}")
+        return state
+    legacy = Path(checkpoint).parent / "run.json"
+    if not legacy.exists():
+        raise ACEError(f"{checkpoint} holds no run state (data, seed, length of the run) and there is no run.json "
+                       "beside it: it was not saved by `ace pretrain`; continue it from Python with ace.Trainer.load")
     try:
-        run = json.loads(path.read_bytes())
-        return run["seed"], run["data"], run["steps"]
+        run = json.loads(legacy.read_bytes())
+        state = {"seed": run["seed"], "data": run["data"], "steps": run["steps"], "data_order": "chained"}
     except (ValueError, KeyError, TypeError) as e:
-        raise ACEError(f"{path} (written by the run being resumed) is damaged: {e!r}") from None
+        raise ACEError(f"{legacy} (written by the run being resumed) is damaged: {e!r}") from None
+    return dict(run, **state)
 
 
-def open_stream(data, seed, image_size, batch_size, group, channels=1):
+def open_stream(data, seed, image_size, batch_size, group, channels=1, order="per_epoch"):
     """The run's batches (batch_size: the global batch); each rank gets its part of each.
     Colour runs (channels 3) read RGB; without data they train on fundus phantoms."""
     from .data import ImageStream, fundus, phantom
@@ -305,7 +316,8 @@ def open_stream(data, seed, image_size, batch_size, group, channels=1):
     if data is None:
         source = fundus if channels == 3 else phantom
         data, _ = source.batch(range(PHANTOM_IMAGES), size=image_size)
-    return ImageStream(data, batch_size, image_size, seed=seed, shard=(group.rank, group.size), channels=channels)
+    return ImageStream(data, batch_size, image_size, seed=seed, shard=(group.rank, group.size), channels=channels,
+                       order=order)
 
 
 def set_threads(threads, group):
@@ -340,9 +352,10 @@ def start_run(args, group):
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(settings_yaml)
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-    precision = dict(ace.precision_info(), precision=trainer.precision)
-    (out / "run.json").write_text(json.dumps({"seed": run["seed"], "data": run["data"], "steps": total,
-                                              "precision": precision, "ranks": group.size}) + "\n")
+    # What resuming needs beyond the trainer's own state, saved in every checkpoint.
+    data = None if run["data"] is None else str(Path(run["data"]).absolute())
+    trainer.run_state = {"seed": run["seed"], "data": data, "steps": total, "data_order": "per_epoch",
+                         "ranks": group.size, "precision": dict(ace.precision_info(), precision=trainer.precision)}
     (out / "metrics.jsonl").write_text("")
     return trainer, stream, run, total
 
@@ -360,15 +373,19 @@ def resume_run(args, group):
     trainer, saved = None, None
     if group.is_root:
         trainer = Trainer.load(args.resume)
-        saved = read_run_file(Path(args.resume).parent / "run.json")
+        saved = saved_run_state(trainer, args.resume)
+        if args.data:
+            saved["data"] = str(Path(args.data).absolute())   # the data moved: later checkpoints say where
+        trainer.run_state = saved
     trainer = group.share_run(trainer)
-    seed, data, total = group.broadcast(saved)
-    run = dict(RUN_DEFAULTS, seed=seed, data=args.data or data, out=args.out or str(Path(args.resume).parent))
+    saved = group.broadcast(saved)
+    run = dict(RUN_DEFAULTS, seed=saved["seed"], data=saved["data"], out=args.out or str(Path(args.resume).parent))
     if args.checkpoint_every is not None:
         run["checkpoint_every"] = args.checkpoint_every
     cfg = trainer.config
-    return (trainer, open_stream(run["data"], seed, cfg.grid.image_size, cfg.batch_size, group, cfg.in_chans),
-            run, total)
+    stream = open_stream(run["data"], run["seed"], cfg.grid.image_size, cfg.batch_size, group, cfg.in_chans,
+                         saved["data_order"])
+    return trainer, stream, run, saved["steps"]
 
 
 def pretrain(args):
@@ -436,9 +453,17 @@ def pretrain_on(group, args):
 
 
 def finish_logs(history, out, board, step):
-    """The loss figure, as a PNG and in TensorBoard."""
-    from .plots import loss_curves
+    """The loss figure, as a PNG and in TensorBoard (left out, with a note, without matplotlib:
+    the curves are in metrics.jsonl and TensorBoard anyway)."""
+    from .errors import ACEError
+    from .extras import needs
 
+    try:
+        with needs("the loss figure (loss.png)"):
+            from .plots import loss_curves
+    except ACEError as e:
+        print(f"note: {e}", file=sys.stderr)
+        return
     loss_curves(history, out / "loss.png")
     board.figure("loss", out / "loss.png", step)
 
@@ -555,7 +580,8 @@ def embed_on(group, args):
         arrays["tokens"] = tokens
     out = Path(args.out)
     write_npz(out, arrays)
-    print(f"embedded {len(paths)} images -> {out} (cls {cls.shape}" + (f", tokens {tokens.shape})" if args.tokens else ")"))
+    shapes = f"cls {cls.shape}" + (f", tokens {tokens.shape}" if args.tokens else "")
+    print(f"embedded {len(paths)} images -> {out} ({shapes})")
     return 0
 
 
@@ -618,8 +644,10 @@ def evaluate(args):
     from .data import load_jsrt, phantom_set
     from .encoder import Encoder
     from .errors import ACEError
-    from .evaluate import run_suite, write_report
+    from .extras import needs
 
+    with needs("ace evaluate"):
+        from .evaluate import run_suite, write_report     # brings in everything --labels needs too
     if args.threads is not None:
         ace.set_num_threads(args.threads)
     if args.labels and args.data:
@@ -735,8 +763,10 @@ def attention(args):
     import ace
     from .data import load_images
     from .encoder import Encoder
-    from .plots import attention_maps
+    from .extras import needs
 
+    with needs("ace attention"):
+        from .plots import attention_maps
     if args.threads is not None:
         ace.set_num_threads(args.threads)
     enc = Encoder.load(args.checkpoint)

@@ -305,13 +305,18 @@ class Encoder:
                 f"params={self.num_params:,})")
 
 
-def _run_settings(path):
-    """mean, std and default_features saved with an encoder, or those of the run a training
-    checkpoint comes from ({} for files without them, which keep the defaults)."""
+def checkpoint_metadata(path):
+    """The string map in a safetensors file's header (the core checked the file already)."""
     from safetensors import safe_open
 
     with safe_open(path, framework="numpy") as f:
-        metadata = f.metadata() or {}
+        return f.metadata() or {}
+
+
+def _run_settings(path):
+    """mean, std and default_features saved with an encoder, or those of the run a training
+    checkpoint comes from ({} for files without them, which keep the defaults)."""
+    metadata = checkpoint_metadata(path)
     try:
         if metadata.get("format") == "ace-trainer":
             config = json.loads(metadata["config"])

@@ -1,17 +1,18 @@
 """`ace.Trainer`: a pretraining run whose every step runs in the Swift core."""
+import json
 import os
 
 import numpy as np
 
 from . import _native
 from .config import PretrainConfig
-from .encoder import Encoder
+from .encoder import Encoder, checkpoint_metadata
 from .errors import ACEError
 from .preprocess import to_channels, to_unit_float
 from .validate import UINT64_MAX, require_int, require_path
 
-STAT_NAMES = ("loss", "global", "comp", "decomp", "lr", "wd", "momentum", "grad_norm", "step",
-              "comp_acc", "decomp_acc")
+# The names of the values a step reports, as the core lists them.
+STAT_NAMES = _native.STAT_NAMES
 
 
 class Trainer:
@@ -21,6 +22,10 @@ class Trainer:
     (R, G, B, channels last, as `Encoder.embed`), as uint8, uint16 or floats in [0, 1]; grey
     images are repeated for a colour run (in_chans 3), colour ones become luma for a grey run.
     The core resizes, crops, augments, and runs one update. One thread at a time.
+
+    `run_state` (None or a JSON-serializable dict) is the driver's own state of the run, e.g.
+    `ace pretrain`'s data, seed and length: `save` stores it in the checkpoint and `load`
+    restores it, so one file resumes a run.
     """
 
     def __init__(self, config=None, *, seed=0):
@@ -30,6 +35,7 @@ class Trainer:
             raise ACEError(f"config must be an ace.PretrainConfig, got {type(config).__name__}")
         self._native = _native.Trainer(config.to_json(), require_int("seed", seed, 0, UINT64_MAX))
         self._init_common(PretrainConfig.from_json(config.to_json()))
+        self.run_state = None
 
     @classmethod
     def load(cls, path):
@@ -41,6 +47,11 @@ class Trainer:
         t._native = _native.load_trainer(path)
         # The core stores single-precision values: the loaded config shows them as such.
         t._init_common(PretrainConfig.from_json(t._native.config_json()))
+        saved = checkpoint_metadata(path).get("run")
+        try:
+            t.run_state = None if saved is None else json.loads(saved)
+        except json.JSONDecodeError as e:
+            raise ACEError(f"{path}: damaged run state in the metadata ({e})") from None
         return t
 
     def _init_common(self, config):
@@ -62,8 +73,12 @@ class Trainer:
         return self._native.steps()
 
     def save(self, path):
-        """Write the whole run to one safetensors file, atomically."""
-        self._native.save(require_path("path", path))
+        """Write the whole run (and `run_state`) to one safetensors file, atomically."""
+        try:
+            state = None if self.run_state is None else json.dumps(self.run_state, sort_keys=True)
+        except (TypeError, ValueError) as e:
+            raise ACEError(f"run_state must be a JSON-serializable dict: {e}") from None
+        self._native.save(require_path("path", path), state)
 
     def step(self, images):
         """One update on a batch; returns a dict of the loss terms and schedule values."""
@@ -106,7 +121,6 @@ def _batch(images, in_chans):
     return to_channels(to_unit_float(x), in_chans)
 
 
-def _stats(values):
-    stats = dict(zip(STAT_NAMES, values))
+def _stats(stats):
     stats["step"] = int(stats["step"])
     return stats

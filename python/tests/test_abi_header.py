@@ -20,8 +20,9 @@ def swift_exports():
     return out
 
 
-def header_declarations():
-    text = re.sub(r"/\*.*?\*/", "", (ROOT / "include" / "ace.h").read_text(), flags=re.S)
+def header_declarations(names=("ace.h", "ace_testing.h")):
+    """{name: parameter count} of the functions the public header and the tests' header declare."""
+    text = "".join(re.sub(r"/\*.*?\*/", "", (ROOT / "include" / name).read_text(), flags=re.S) for name in names)
     out = {}
     for m in re.finditer(r"\b(ace_\w+)\s*\(([^)]*)\)\s*;", text):
         params = m.group(2).strip()
@@ -39,3 +40,8 @@ def test_library_exports_every_declared_symbol():
     lib = ctypes.CDLL(str(Path(ace._native.__file__).with_name("libace_core.so")))
     for name in header_declarations():
         assert hasattr(lib, name), name
+
+
+def test_test_entry_points_stay_out_of_the_public_header():
+    public, testing = header_declarations(("ace.h",)), header_declarations(("ace_testing.h",))
+    assert testing.keys() == {"ace_gemm", "ace_local_match_loss"} and not public.keys() & testing.keys()

@@ -53,8 +53,9 @@ def straight_run(tmp_path_factory):
 @needs_jsrt
 def test_pretrain_then_embed(straight_run, tmp_path):
     out = straight_run
-    for name in ("config.json", "run.json", "metrics.jsonl", "last.safetensors", "loss.png"):
+    for name in ("config.json", "metrics.jsonl", "last.safetensors", "loss.png"):
         assert (out / name).stat().st_size > 0, name
+    assert not (out / "run.json").exists()       # the run's state is in the checkpoint
     rows = metrics(out)
     assert [r["step"] for r in rows] == list(range(1, 31))
     assert all(np.isfinite(r["loss"]) for r in rows)

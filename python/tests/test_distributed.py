@@ -174,7 +174,7 @@ def test_cli_sigterm_stops_both_ranks_cleanly_and_one_process_resumes(tmp_path):
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert 2 <= steps[-1] < 30 and steps == list(range(1, steps[-1] + 1))
     assert json.loads((out / "config.json").read_text())["batch_size"] == 4
-    assert json.loads((out / "run.json").read_text())["ranks"] == 2
+    assert ace.Trainer.load(out / "last.safetensors").run_state["ranks"] == 2
     subprocess.run([sys.executable, "-m", "ace", "pretrain", "--resume", str(out / "last.safetensors")],
                    env=env, check=True, timeout=300, capture_output=True)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

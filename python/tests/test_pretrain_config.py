@@ -23,7 +23,7 @@ def test_file_overrides_and_options_resolve_in_order(configured_run, tiny_images
     assert cfg["lr"] == 0.001 and cfg["alpha_comp"] == 0.8 and cfg["precision"] == "fp32"
     assert cfg["objective"] == "ace" and cfg["losses"] == ["comp", "decomp"]
     assert cfg["grid"]["window"] == 3 and cfg["augment"]["clahe_p"] == 0.3
-    run = json.loads((out / "run.json").read_text())
+    run = ace.Trainer.load(out / "last.safetensors").run_state
     assert run["seed"] == 7 and run["steps"] == 4
     assert len(losses(out)) == 4
 

@@ -134,7 +134,7 @@ def test_cli_writes_precision_and_recipe(tmp_path):
     r = ace_cli("pretrain", "--preset", "vit_nano", "--steps", "1", "--batch-size", "2", "--recipe", "authors",
                 "--precision", "fp32", "--out", tmp_path)
     assert r.returncode == 0, r.stderr
-    run = json.loads((tmp_path / "run.json").read_text())
+    run = ace.Trainer.load(tmp_path / "last.safetensors").run_state
     assert run["precision"]["precision"] == "fp32" and run["precision"]["auto"] in ("bf16", "fp32")
     cfg = json.loads((tmp_path / "config.json").read_text())
     assert cfg["local_head"] == "authors" and cfg["grid"]["decomp_window"] == 5

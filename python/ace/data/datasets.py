@@ -14,11 +14,7 @@ from scipy import ndimage
 
 from . import phantom
 from .images import ImageReadError, read_image, resize
-
-STRUCTURES = phantom.STRUCTURES
-LANDMARK_ORDER = phantom.LANDMARK_ORDER
-LANDMARK_OFFSETS = dict(zip(LANDMARK_ORDER, np.cumsum([0] + [phantom.LANDMARK_COUNTS[s] for s in LANDMARK_ORDER])))
-LANDMARKS = sum(phantom.LANDMARK_COUNTS.values())
+from .jsrt import LANDMARK_COUNTS, LANDMARK_OFFSETS, LANDMARK_ORDER, LANDMARKS, STRUCTURES
 # The key points of the key-point detection task (paper App. B.2): seven distinct anatomical points
 # among the HybridGNet contour landmarks, where a contour turns (its segments' ends, see
 # phantom._SEGMENTS), as (structure, index within the structure). On the JSRT landmarks the mean
@@ -164,7 +160,7 @@ def load_jsrt_nodules(root, size=512):
 
 def landmark_ids(structure):
     """The landmark ids (indices into the landmark arrays) of one structure of LANDMARK_ORDER."""
-    return np.arange(LANDMARK_OFFSETS[structure], LANDMARK_OFFSETS[structure] + phantom.LANDMARK_COUNTS[structure])
+    return np.arange(LANDMARK_OFFSETS[structure], LANDMARK_OFFSETS[structure] + LANDMARK_COUNTS[structure])
 
 
 def keypoint_ids():

@@ -328,6 +328,10 @@ def _reason(path: Path, exc: Exception) -> str:
     return text[len(prefix):] if text.startswith(prefix) else text
 
 
+# ImageStream's data orders (see its docstring).
+ORDERS = ("per_epoch", "chained")
+
+
 class ImageStream:
     """Shuffled batches of radiographs for training, decoded ahead in a background thread.
 
@@ -338,9 +342,12 @@ class ImageStream:
     in [0, 1] (resized to ``size`` if needed).
 
     * Order: every epoch is a fresh permutation from a numpy Generator seeded
-      with ``seed`` (or the original order if ``shuffle`` is False), cut into
-      ``len(stream)`` full batches; the incomplete last batch is dropped. The
-      same seed always gives the same sequence of batches.
+      with ``(seed, epoch)`` (or the original order if ``shuffle`` is False), cut
+      into ``len(stream)`` full batches; the incomplete last batch is dropped. The
+      same seed always gives the same sequence of batches, and batch ``k`` is found
+      without drawing the ones before it. ``order="chained"`` is the order of runs
+      started before ace kept the run state in the checkpoint: one generator
+      seeded with ``seed`` draws the epochs' permutations in turn.
     * ``epochs``: how many passes over the data, or None for an endless stream.
     * ``cache=True`` (default) reads and resizes every file once, up front
       (unreadable files are skipped with an ``ImageSkipWarning``); the JSRT
@@ -351,9 +358,10 @@ class ImageStream:
       copying overlap the native training step, which releases the GIL. An
       exception in the worker is re-raised in the consumer.
     * ``iter(stream)`` (re)starts from the first epoch, or from the batch set by
-      ``seek`` (a resumed run continues its data order without producing the batches it
-      skips). ``close()`` (or leaving a ``with`` block) stops the worker and waits for it
-      to finish.
+      ``seek``: a resumed run continues its data order at step ``k`` directly (epoch
+      ``k // len(stream)``, images from ``(k % len(stream)) * batch_size`` of its
+      permutation). ``close()`` (or leaving a ``with`` block) stops the worker and waits
+      for it to finish.
 
     * ``shard=(rank, ranks)``: data-parallel training. The order and the batches stay
       those of the whole run (``batch_size`` is the global batch); this stream yields only
@@ -376,6 +384,7 @@ class ImageStream:
         warn: bool = True,
         shard: tuple[int, int] = (0, 1),
         channels: int = 1,
+        order: str = "per_epoch",
     ):
         self._thread: threading.Thread | None = None
         if channels not in (1, 3):
@@ -387,11 +396,13 @@ class ImageStream:
             )
         if epochs is not None and epochs < 1:
             raise ValueError(f"epochs must be None (endless) or positive, got {epochs}")
+        if order not in ORDERS:
+            raise ValueError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
         rank, ranks = shard
         if ranks < 1 or not 0 <= rank < ranks or batch_size % ranks:
             raise ValueError(f"shard (rank {rank}, ranks {ranks}) must split the batch of {batch_size} evenly")
         self.batch_size, self.size, self.shard = batch_size, size, (rank, ranks)
-        self.seed, self.shuffle, self.prefetch, self.epochs = seed, shuffle, prefetch, epochs
+        self.seed, self.shuffle, self.prefetch, self.epochs, self.order = seed, shuffle, prefetch, epochs, order
         self.paths: list[Path] | None = None
         self._images: np.ndarray | None = None
         if isinstance(source, np.ndarray):
@@ -426,7 +437,7 @@ class ImageStream:
         self._done = False
         batches = _batch_sequence(
             self._images, self.paths, self._count, self.batch_size, self.size,
-            self.seed, self.shuffle, self.epochs, self._start, self.shard, self.channels,
+            self.seed, self.shuffle, self.epochs, self._start, self.shard, self.channels, self.order,
         )
         # The worker gets only what it needs, not ``self``: an abandoned stream
         # can then be garbage-collected, which stops its worker.
@@ -497,24 +508,38 @@ def _batch_sequence(
     skip: int = 0,
     shard: tuple[int, int] = (0, 1),
     channels: int = 1,
+    order: str = "per_epoch",
 ) -> Iterator[np.ndarray]:
     """The batches of an ``ImageStream`` after the first ``skip``, from memory or decoded
-    from ``paths``. Skipped epochs still draw their permutation: the order stays the same."""
-    rng = np.random.default_rng(seed)
+    from ``paths``."""
     per_epoch = count // batch_size
     part = batch_size // shard[1]
     lo = shard[0] * part
-    epoch = 0
+    epoch, first = divmod(skip, per_epoch)
+    chained = np.random.default_rng(seed)
+    if shuffle and order == "chained":
+        for _ in range(epoch):          # each epoch's permutation follows from the previous draws
+            chained.permutation(count)
     while epochs is None or epoch < epochs:
-        order = rng.permutation(count) if shuffle else np.arange(count)
-        first, skip = min(skip, per_epoch), skip - min(skip, per_epoch)
-        for start in range(first * batch_size, count - batch_size + 1, batch_size):
-            index = order[start : start + batch_size][lo : lo + part]
+        if not shuffle:
+            permutation = np.arange(count)
+        elif order == "chained":
+            permutation = chained.permutation(count)
+        else:
+            permutation = epoch_permutation(seed, epoch, count)
+        for start in range(first * batch_size, per_epoch * batch_size, batch_size):
+            index = permutation[start : start + batch_size][lo : lo + part]
             if images is not None:
                 yield images[index]
             else:
                 yield np.stack([resize(read_image(paths[j], channels), size) for j in index])
-        epoch += 1
+        epoch, first = epoch + 1, 0
+
+
+def epoch_permutation(seed: int, epoch: int, count: int) -> np.ndarray:
+    """The order of the images in one epoch of a shuffled ``ImageStream``: its own
+    generator, seeded with (seed, epoch), so any epoch is drawn without the ones before."""
+    return np.random.default_rng([seed, epoch]).permutation(count)
 
 
 class _Failure:

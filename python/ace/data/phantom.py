@@ -35,9 +35,8 @@ from typing import Iterable, Sequence
 import numpy as np
 from scipy import ndimage
 
-STRUCTURES = ("heart", "left_lung", "right_lung", "left_clavicle", "right_clavicle")
-LANDMARK_COUNTS = {"right_lung": 44, "left_lung": 50, "heart": 26}
-LANDMARK_ORDER = ("right_lung", "left_lung", "heart")
+# The ground truth comes in the layout of the real data (structures, landmark counts and order).
+from .jsrt import LANDMARK_COUNTS, LANDMARK_ORDER, STRUCTURES  # noqa: F401  (STRUCTURES: phantom.STRUCTURES)
 
 # Spline sampling step in pixels: dense enough that the polyline used for the
 # masks and the landmarks is the smooth curve to well under a pixel.
