@@ -182,14 +182,7 @@ def attention_maps(image, maps, path, title=None, dpi=100):
                       vmin=float(m.min()), vmax=max(float(m.max()), float(m.min()) + 1e-12))
         ax.set_title(name, fontsize=9)
         ax.axis("off")
-    if title:
-        fig.suptitle(title, fontsize=9)
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    # No tight bounding box: every figure of one encoder has the same pixel size.
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return path
+    return _save_panels(fig, path, title, dpi)
 
 
 def gradcam_overlay(image, heatmap, path, box=None, title=None, dpi=100):
@@ -210,6 +203,12 @@ def gradcam_overlay(image, heatmap, path, box=None, title=None, dpi=100):
             ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="lime", linewidth=1.5))
         ax.set_title(name, fontsize=9)
         ax.axis("off")
+    return _save_panels(fig, path, title, dpi)
+
+
+def _save_panels(fig, path, title, dpi):
+    """A panel figure's title, then the file (its folder made), closed; returns the path.
+    No tight bounding box: every figure of one encoder has the same pixel size."""
     if title:
         fig.suptitle(title, fontsize=9)
     path = os.fspath(path)

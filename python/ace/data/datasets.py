@@ -48,12 +48,7 @@ def load_jsrt(root, size=512):
     landmarks_dev.csv (image, structure, index, x, y on the 512 px images). The label is
     1 for a nodule case (names starting JPCLN), 0 otherwise."""
     root = Path(root)
-    split_file = root / "split.json"
-    if not (root / "images").is_dir() or not split_file.is_file():
-        raise FileNotFoundError(f"{root} is not a JSRT-layout folder (needs images/ and split.json)")
-    split_names = json.loads(split_file.read_text())
-    names = sorted(n for part in split_names.values() for n in part)
-    index = {n: i for i, n in enumerate(names)}
+    split_names, names, index = _jsrt_split(root)
     images = np.zeros((len(names), size, size), np.float32)
     masks = {s: np.zeros((len(names), size, size), bool) for s in STRUCTURES}
     for i, name in enumerate(names):
@@ -136,12 +131,7 @@ def load_jsrt_nodules(root, size=512):
     nodules.csv when present, each nodule's centre and radius (columns x_512, y_512,
     radius_px_512, scaled to `size`); split from split.json."""
     root = Path(root)
-    split_file = root / "split.json"
-    if not (root / "images").is_dir() or not split_file.is_file():
-        raise FileNotFoundError(f"{root} is not a JSRT-layout folder (needs images/ and split.json)")
-    split_names = json.loads(split_file.read_text())
-    names = sorted(n for part in split_names.values() for n in part)
-    index = {n: i for i, n in enumerate(names)}
+    split_names, names, index = _jsrt_split(root)
     images = np.stack([resize(read_image(root / "images" / f"{name}.png"), size) for name in names])
     centres, radii = np.full((len(names), 2), np.nan), np.full(len(names), np.nan)
     csv_path = root / "nodules.csv"
@@ -190,3 +180,13 @@ def mirror_pairs(landmarks, width, max_distance=12.0):
         if np.isfinite(d).any() and np.nanmin(d) <= max_distance:
             pairs.append((int(left[np.nanargmin(d)]), int(r)))
     return pairs
+
+
+def _jsrt_split(root):
+    """A JSRT-layout folder's split.json: (split -> names, all names sorted, name -> index)."""
+    split_file = root / "split.json"
+    if not (root / "images").is_dir() or not split_file.is_file():
+        raise FileNotFoundError(f"{root} is not a JSRT-layout folder (needs images/ and split.json)")
+    split_names = json.loads(split_file.read_text())
+    names = sorted(n for part in split_names.values() for n in part)
+    return split_names, names, {n: i for i, n in enumerate(names)}
