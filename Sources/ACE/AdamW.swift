@@ -48,7 +48,9 @@ public final class AdamW {
                 }
                 guard j < range.upperBound else { return }
                 var (wj, mj, vj, gj) = (SIMD16<Float>(), SIMD16<Float>(), SIMD16<Float>(), SIMD16<Float>())
-                for k in 0..<(range.upperBound - j) { (wj[k], mj[k], vj[k], gj[k]) = (w[j + k], ms[j + k], vs[j + k], g[j + k]) }
+                for k in 0..<(range.upperBound - j) {
+                    (wj[k], mj[k], vj[k], gj[k]) = (w[j + k], ms[j + k], vs[j + k], g[j + k])
+                }
                 rule.update(&wj, &mj, &vj, gradient: gj)
                 for k in 0..<(range.upperBound - j) { (w[j + k], ms[j + k], vs[j + k]) = (wj[k], mj[k], vj[k]) }
             }

@@ -74,7 +74,8 @@ public struct PretrainConfig: Settings, Equatable {
             try grid.validate(patch: encoderSpec.tokenFootprint)
         } catch let error as ACEError {
             guard case .swin = encoderSpec else { throw error }
-            throw ACEError(error.message + ". A Swin's final token covers \(encoderSpec.tokenFootprint) px of its input: "
+            let footprint = encoderSpec.tokenFootprint
+            throw ACEError(error.message + ". A Swin's final token covers \(footprint) px of its input: "
                            + "start from the Swin geometry \(Self.swinGeometry) (PretrainConfig.recipe and "
                            + "ace pretrain apply it to swin_* encoders)")
         }
