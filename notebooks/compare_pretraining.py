@@ -122,8 +122,11 @@ defaults = {name: representation(m["default_features"]) for name, m in metrics.i
 
 
 def cell(name, label):
-    """'value [lo, hi]', starred when it is measured on the encoder's own representation."""
-    entry = rows[name][label]
+    """'value [lo, hi]', starred when it is measured on the encoder's own representation; '-'
+    where the encoder's evaluation predates the measurement."""
+    entry = rows[name].get(label)
+    if entry is None:
+        return "-"
     own = f", {defaults[name]}" in label
     return entry["text"] + (" *" if own else "")
 
