@@ -13,29 +13,24 @@ extension VisionTransformer {
         try writeEncoderFile(to: path, metadata: extraMetadata)
     }
 
-    /// Loads an encoder file, or the teacher encoder of a training checkpoint.
+    /// Loads a ViT encoder file, or the teacher encoder of a training checkpoint (see `loadEncoder`).
     public static func load(from path: String) throws -> VisionTransformer {
-        let (metadata, entries) = try Safetensors.read(path)
-        return try load(metadata: metadata, entries: entries, path: path)
+        guard let model = try loadEncoder(from: path) as? VisionTransformer else {
+            throw ACEError("\(path) holds a Swin encoder, not a ViT")
+        }
+        return model
     }
 
-    /// As `load(from:)`, from a file already read.
+    /// An encoder file's ViT, from the file already read (training checkpoints: `loadEncoder`).
     static func load(metadata: [String: String], entries: [String: Safetensors.Entry],
                      path: String) throws -> VisionTransformer {
-        let isRun = metadata["format"] == Trainer.checkpointFormat
-        guard let json = isRun ? metadata["encoder_config"] : metadata["config"] else {
+        guard let json = metadata["config"] else {
             throw ACEError("checkpoint \(path) has no encoder config in its metadata")
         }
         let cfg = try config(fromJSON: json)
         try requirePlausibleSize(parameters: cfg.parameterCount, entries: entries, path: path)
         let model = try VisionTransformer(cfg)
-        var state: [String: (shape: [Int], values: [Float])] = [:]
-        for (name, e) in entries {
-            if !isRun { state[name] = (e.shape, e.values) } else if name.hasPrefix("teacher.") {
-                state[String(name.dropFirst("teacher.".count))] = (e.shape, e.values)
-            }
-        }
-        try model.loadState(state, source: path)
+        try model.loadState(entries.mapValues { ($0.shape, $0.values) }, source: path)
         return model
     }
 

@@ -180,9 +180,12 @@ extension SwinTransformer {
         try writeEncoderFile(to: path, metadata: metadata)
     }
 
+    /// Loads a Swin encoder file, or the teacher encoder of a training checkpoint (see `loadEncoder`).
     public static func load(from path: String) throws -> SwinTransformer {
-        let (metadata, entries) = try Safetensors.read(path)
-        return try load(metadata: metadata, entries: entries, path: path)
+        guard let model = try loadEncoder(from: path) as? SwinTransformer else {
+            throw ACEError("\(path) is not a Swin encoder file")
+        }
+        return model
     }
 
     /// As `load(from:)`, from a file already read.
