@@ -448,7 +448,8 @@ def pretrain_on(group, args):
         name = signal.Signals(interrupted[0]).name
         print(f"interrupted at step {done} ({name}): saved {ckpt}; continue with --resume {ckpt}")
         return 128 + interrupted[0]
-    print(f"finished {done} steps: {ckpt}, {out / 'metrics.jsonl'}, {out / 'loss.png'}, TensorBoard events in {out}")
+    cpu = f" ({history[-1]['cpu_s'] / 60:.1f} min of CPU)" if history and "cpu_s" in history[-1] else ""
+    print(f"finished {done} steps{cpu}: {ckpt}, {out / 'metrics.jsonl'}, {out / 'loss.png'}, TensorBoard events in {out}")
     return 0
 
 
@@ -501,6 +502,9 @@ def train_loop(trainer, stream, history, out, ckpt, span, interrupted, board, mo
     batches = iter(stream.seek(start))   # the data order continues where the run stopped
     bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, disable=None if root else True)
     failure = None
+    # CPU seconds of the run (this process, all its threads; rank 0's with MPI), counted on from
+    # the resumed step: a budget in CPU time holds across stops and resumes.
+    cpu_origin = time.process_time() - (history[-1].get("cpu_s", 0.0) if history else 0.0)
     with (metrics.open("a") if root else open(os.devnull, "w")) as log:
         for step in range(start, total):
             if interrupted and group.size == 1:
@@ -515,6 +519,7 @@ def train_loop(trainer, stream, history, out, ckpt, span, interrupted, board, mo
                 board.warning("divergence", failure, step + 1)
                 break
             stats["images_per_s"] = len(batch) * group.size / (time.perf_counter() - t0)
+            stats["cpu_s"] = time.process_time() - cpu_origin
             if group.size > 1:
                 stats["allreduce_s"] = group.allreduce_seconds
             history.append(stats)

@@ -10,7 +10,7 @@ SCALARS = {
     "loss/total": "loss", "loss/global": "global", "loss/comp": "comp", "loss/decomp": "decomp",
     "accuracy/comp": "comp_acc", "accuracy/decomp": "decomp_acc",
     "schedule/lr": "lr", "schedule/wd": "wd", "schedule/momentum": "momentum",
-    "train/grad_norm": "grad_norm", "train/images_per_s": "images_per_s",
+    "train/grad_norm": "grad_norm", "train/images_per_s": "images_per_s", "train/cpu_s": "cpu_s",
 }
 # Stats that exist only when their loss is switched on (they are 0 otherwise).
 LOSS_OF = {"global": "global", "comp": "comp", "decomp": "decomp", "comp_acc": "comp", "decomp_acc": "decomp"}

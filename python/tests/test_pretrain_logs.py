@@ -17,6 +17,7 @@ SCALAR_TAGS = {
     "loss/total": "loss", "loss/global": "global", "loss/comp": "comp", "loss/decomp": "decomp",
     "accuracy/comp": "comp_acc", "accuracy/decomp": "decomp_acc", "schedule/lr": "lr", "schedule/wd": "wd",
     "schedule/momentum": "momentum", "train/grad_norm": "grad_norm", "train/images_per_s": "images_per_s",
+    "train/cpu_s": "cpu_s",
 }
 WARNING_KINDS = {"uniform_teacher", "comp_chance", "decomp_chance"}
 

@@ -127,6 +127,27 @@ def test_the_checkpoint_alone_resumes_the_run_bit_for_bit(straight, tiny_images,
     assert losses(out)[:4] + losses(only) == losses(straight)
 
 
+def test_cpu_time_is_counted_on_across_a_resume(tiny_images, tmp_path, monkeypatch, capsys):
+    # Each row's cpu_s is the run's CPU seconds so far; a resumed run continues from the last
+    # kept row (made large here, so a count restarted from zero could not pass for it).
+    out = tmp_path / "cpu"
+    assert pretrain("--data", tiny_images, "--out", out, stop_after=4, monkeypatch=monkeypatch) == 130
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    cpu = [r["cpu_s"] for r in rows]
+    assert 0 < cpu[0] and all(b > a for a, b in zip(cpu, cpu[1:]))
+    for r in rows:
+        r["cpu_s"] += 1000.0
+    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    capsys.readouterr()
+    assert resume(out / "last.safetensors") == 0
+    after = [json.loads(line)["cpu_s"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert after[:4] == [c + 1000.0 for c in cpu] and len(after) == 8
+    assert all(b > a for a, b in zip(after, after[1:]))
+    # The resumed steps add this process's CPU since it started, no more.
+    assert after[-1] - after[3] < time.process_time()
+    assert f"({after[-1] / 60:.1f} min of CPU)" in capsys.readouterr().out
+
+
 def test_old_runs_resume_from_run_json_and_files_without_state_are_refused(tiny_images, tmp_path, monkeypatch,
                                                                            capsys):
     out = tmp_path / "old"
