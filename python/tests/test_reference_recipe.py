@@ -18,8 +18,8 @@ def test_reference_recipe_runs_with_the_settings_it_names(tmp_path, tiny_images)
             "--threads", "1", "--out", out)
     written = yaml.safe_load(RECIPE.read_text())
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["encoder"] == written["preset"] and cfg["global_weight"] == written["global_weight"]
-    assert cfg["lr"] == written["lr"] and cfg["losses"] == ["global", "comp", "decomp"]
+    assert cfg["encoder"] == written["preset"] and cfg["lr"] == written["lr"]
+    assert written["objective"] == "comp+decomp" and cfg["losses"] == ["comp", "decomp"]
     # The authors' recipe under the file: its local heads, 5x5 decomposition window, CLAHE, weights.
     authors = ace.PretrainConfig.recipe("authors", encoder="vit_nano")
     assert cfg["local_head"] == authors.local_head == "authors"
@@ -29,6 +29,6 @@ def test_reference_recipe_runs_with_the_settings_it_names(tmp_path, tiny_images)
     resolved = yaml.safe_load((out / "config.yaml").read_text())
     assert resolved["recipe"] == "authors" and resolved["steps"] == 2
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2] and all(r["global"] > 0 and r["comp"] > 0 for r in rows)
-    trainer = ace.Trainer.load(out / "last.safetensors")
-    assert trainer.config.global_weight == written["global_weight"]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(r["global"] == 0 and r["comp"] > 0 and r["decomp"] > 0 for r in rows)
+    assert ace.Trainer.load(out / "last.safetensors").config.losses == ["comp", "decomp"]
