@@ -449,7 +449,8 @@ def pretrain_on(group, args):
         print(f"interrupted at step {done} ({name}): saved {ckpt}; continue with --resume {ckpt}")
         return 128 + interrupted[0]
     cpu = f" ({history[-1]['cpu_s'] / 60:.1f} min of CPU)" if history and "cpu_s" in history[-1] else ""
-    print(f"finished {done} steps{cpu}: {ckpt}, {out / 'metrics.jsonl'}, {out / 'loss.png'}, TensorBoard events in {out}")
+    print(f"finished {done} steps{cpu}: {ckpt}, {out / 'metrics.jsonl'}, {out / 'loss.png'}, "
+          f"TensorBoard events in {out}")
     return 0
 
 
