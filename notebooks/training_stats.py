@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ace.cli import read_metrics
+
 ROOT = Path(__file__).resolve().parents[1]
 STATS = ["loss", "global", "comp", "decomp", "comp_acc", "decomp_acc"]
 
@@ -30,9 +32,24 @@ args = ap.parse_args()
 
 
 def read(run):
-    rows = [json.loads(line) for line in open(Path(run) / "metrics.jsonl")]
+    rows = read_metrics(run)       # tolerates the torn last row of a run still being written
     config = json.loads((Path(run) / "config.json").read_text()) if (Path(run) / "config.json").exists() else {}
     return rows, config
+
+
+def flat(config, prefix=""):
+    """Dotted keys of a nested config: grid.window, augment.clahe_p, ..."""
+    out = {}
+    for k, v in config.items():
+        out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return out
+
+
+def same(values):
+    """Equal, numbers to 1e-6 relative (configs written by different versions round differently)."""
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return all(math.isclose(v, values[0], rel_tol=1e-6) for v in values)
+    return all(json.dumps(v) == json.dumps(values[0]) for v in values)
 
 
 runs = {run: read(run) for run in args.runs}
@@ -52,20 +69,6 @@ for step in at:
             continue
         cells = [f"{np.mean([r.get(k, math.nan) for r in window]):.4f}" for k in args.stats]
         lines.append(f"| {step} | {run} | " + " | ".join(cells) + " |")
-def flat(config, prefix=""):
-    """Dotted keys of a nested config: grid.window, augment.clahe_p, ..."""
-    out = {}
-    for k, v in config.items():
-        out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
-    return out
-
-
-def same(values):
-    """Equal, numbers to 1e-6 relative (configs written by different versions round differently)."""
-    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-        return all(math.isclose(v, values[0], rel_tol=1e-6) for v in values)
-    return all(json.dumps(v) == json.dumps(values[0]) for v in values)
-
 
 configs = {run: flat(c) for run, (_, c) in runs.items()}
 # Settings recorded by every run that differ between them (a setting an older run did not record is left out).

@@ -188,7 +188,7 @@ extension SwinTransformer {
         return model
     }
 
-    /// As `load(from:)`, from a file already read.
+    /// An encoder file's Swin, from the file already read (training checkpoints: `loadEncoder`).
     static func load(metadata: [String: String], entries: [String: Safetensors.Entry],
                      path: String) throws -> SwinTransformer {
         try require(metadata["backbone"] == backboneName, "\(path) is not a Swin encoder file")
