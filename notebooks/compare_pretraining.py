@@ -151,6 +151,35 @@ for label in labels:
 lines += ["", "The paper reports 61 px landmark error on 1024 px images (about 30 px on 512 px), patch -> image "
           "retrieval 94.4% and decompositionality 89.0% (ViT-B, far larger data and budget).", ""]
 
+# %% What each trained encoder cost: its run's schedule and CPU time, from config.json and metrics.jsonl
+from ace.cli import read_metrics  # noqa: E402
+
+
+def budget_row(name, checkpoint):
+    """'| name | losses | steps | CPU min |' of a training run, or None where the run's files are absent."""
+    import yaml
+
+    run = checkpoint.parent
+    rows = read_metrics(run)
+    if not (run / "config.json").is_file() or not rows:
+        return None
+    config, last = json.loads((run / "config.json").read_text()), rows[-1]
+    given = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else {}
+    planned = given.get("steps") or config["epochs"] * config["steps_per_epoch"]
+    losses = ", ".join(f"{loss} {config[loss + '_weight']:g}" for loss in config["losses"])
+    if "global" in config["losses"]:
+        losses += f" (teacher temperature {config['teacher_temp']:g})"
+    cpu = f"{last['cpu_s'] / 60:.1f}" if "cpu_s" in last else "-"
+    return f"| {name} | {losses} | {last['step']} of {planned} ({config['epochs']} epochs) | {cpu} |"
+
+
+budget = [row for row in (budget_row(name, checkpoint) for name, checkpoint in encoders.items()) if row]
+if budget:
+    lines += ["## Pretraining", "", "Each trained encoder's run: its loss weights, the steps it took of its schedule, "
+              "and its CPU time (the `cpu_s` of its last metrics row: process CPU of all threads, counted on "
+              "across resumes; '-' for a run that predates the count).", "",
+              "| encoder | losses (weights) | steps | CPU min |", "|" + " --- |" * 4, *budget, ""]
+
 # %% Figures across encoders (Fig. 3 and Fig. 7 style), beside the table
 import numpy as np  # noqa: E402
 

@@ -99,6 +99,12 @@ def test_compare_notebook_tabulates_evaluations(quick_phantom_evaluation, tmp_pa
     evals = tmp_path / "evals"
     for name in ("run_a", "random_init"):
         shutil.copytree(quick_phantom_evaluation, evals / name)
+    # run_a's training files: its budget row comes from them (the last whole row, not the torn one).
+    run = tmp_path / "run_a"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"losses": ["global", "comp"], "global_weight": 0.01, "comp_weight": 0.5,
+                                                 "teacher_temp": 0.02, "epochs": 3, "steps_per_epoch": 5}))
+    (run / "metrics.jsonl").write_text('{"step": 1, "cpu_s": 45.0}\n{"step": 2, "cpu_s": 90.0}\n{"step": 3, "cp')
     r = subprocess.run([sys.executable, str(REPOSITORY / "notebooks" / "compare_pretraining.py"), "--runs",
                         str(tmp_path / "run_a"), "--data", "phantom", "--quick", "--reuse", "--eval-root",
                         str(evals), "--results", str(tmp_path / "results"), "--name", "t"],
@@ -113,6 +119,8 @@ def test_compare_notebook_tabulates_evaluations(quick_phantom_evaluation, tmp_pa
     assert f"| retrieval acc, CLS | {expected} * | {expected} * | 0.944 |" in table
     assert f"| retrieval acc, mean token | {headline(m)['retrieval acc, mean token']['text']} |" in table
     assert "landmark error px, NCC template (no model)" in table and "# reused" in table
+    assert "| run_a | global 0.01, comp 0.5 (teacher temperature 0.02) | 2 of 15 (3 epochs) | 1.5 |" in table
+    assert "| random init |" not in table.split("## Pretraining")[1]
     for figure in ("t_compositionality.png", "t_landmark_errors.png", "t_landmark_window_errors.png"):
         assert f"({figure})" in table and (tmp_path / "results" / figure).stat().st_size > 0
 
