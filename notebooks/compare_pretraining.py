@@ -180,14 +180,47 @@ if budget:
               "across resumes; '-' for a run that predates the count).", "",
               "| encoder | losses (weights) | steps | CPU min |", "|" + " --- |" * 4, *budget, ""]
 
-# %% Figures across encoders (Fig. 3 and Fig. 7 style), beside the table
+# %% Paired differences: each trained encoder against the baselines (random init, and the
+# DINO-style runs: global loss only), trial by trial on the same images, pairs and patches
 import numpy as np  # noqa: E402
 
+from ace.evaluate import paired_differences  # noqa: E402
+
+arrays = {name: dict(np.load(eval_root / name.replace(" ", "_") / "arrays.npz")) for name in names}
+
+
+def losses_of(name):
+    """The losses a training run optimized (its config.json), or None."""
+    config = encoders[name].parent / "config.json" if name in encoders else None
+    return json.loads(config.read_text()).get("losses") if config and config.is_file() else None
+
+
+baselines = [name for name in names if name == "random init" or losses_of(name) == ["global"]]
+paired = {(name, base): paired_differences((metrics[name], arrays[name]), (metrics[base], arrays[base]))
+          for name in names if name not in baselines for base in baselines}
+measured = list(dict.fromkeys(label for diffs in paired.values() for label in diffs))
+if measured:
+    def mark(d):
+        """Bold where the interval excludes 0 in the encoder's favour, italic where against it."""
+        return f"**{d['text']}**" if d["better"] else f"_{d['text']}_" if d["better"] is False else d["text"]
+
+    lines += ["## Paired differences", "",
+              "Each trained encoder minus a baseline, on the same trials (the probes draw images, pairs and "
+              "patches from seeds, not from the encoder), each encoder on the representation it trains. "
+              "Brackets: 95% bootstrap intervals resampling images, the same resampling as above; **bold** where "
+              "the interval excludes 0 in the encoder's favour (lower error, higher accuracy or Dice), _italic_ "
+              "where it excludes 0 against it.", "",
+              "| encoder - baseline | " + " | ".join(measured) + " |", "| --- |" + " --- |" * len(measured)]
+    for (name, base), diffs in paired.items():
+        lines.append(f"| {name} - {base} | " + " | ".join(mark(diffs[m]) if m in diffs else "-" for m in measured)
+                     + " |")
+    lines.append("")
+
+# %% Figures across encoders (Fig. 3 and Fig. 7 style), beside the table
 from ace import plots  # noqa: E402
 
 results = Path(args.results)
 results.mkdir(parents=True, exist_ok=True)
-arrays = {name: np.load(eval_root / name.replace(" ", "_") / "arrays.npz") for name in names}
 kde = plots.compositionality_kde({n: a["compositionality"] for n, a in arrays.items()},
                                  results / f"{args.name}_compositionality.png")
 some = next(iter(arrays.values()))
@@ -205,4 +238,7 @@ lines += [f"{relative(' '.join(cmd))}    # {seconds}" for cmd, seconds in comman
 lines += ["```", ""]
 (results / f"{args.name}.md").write_text("\n".join(lines))
 (results / f"{args.name}.json").write_text(json.dumps(rows, indent=2) + "\n")
+if paired:
+    (results / f"{args.name}_paired.json").write_text(
+        json.dumps({f"{name} - {base}": diffs for (name, base), diffs in paired.items()}, indent=2) + "\n")
 print("\n".join(lines))

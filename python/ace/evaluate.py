@@ -192,13 +192,22 @@ def run_suite(enc, data, out, *, quick=False, progress=True):
 
 
 def _save_arrays(path, results):
-    """Per-trial arrays for figures that compare encoders (see notebooks/compare_pretraining.py):
-    compositionality cosines, and the (pairs, landmarks) errors of every landmark method and
-    of the same-coordinates reference on each pair set."""
+    """Per-trial arrays for comparisons across encoders (see notebooks/compare_pretraining.py):
+    compositionality cosines; the (pairs, landmarks) errors of every landmark method, with the
+    (query, key) images of each pair, and of the same-coordinates reference on each pair set;
+    the decisions of the accuracy probes with the image of each; the (test images, points)
+    key-point errors. The probes draw their trials from seeds, not from the encoder, so two
+    encoders' arrays line up trial by trial (a paired comparison)."""
     arrays = {"compositionality": results["compositionality"]["cosines"]}
     for name, r in results.items():
         if name.startswith("landmarks"):
             arrays[f"errors_{name}"] = r["errors"]
+            arrays[f"pairs_{name}"] = r["pair_indices"]
+        elif name.startswith("keypoints"):
+            arrays[f"errors_{name}"] = r["errors"]
+        elif "correct" in r:
+            arrays[f"correct_{name}"] = r["correct"]
+            arrays[f"groups_{name}"] = r["image_index"]
     arrays["errors_identity"] = results["landmarks_dense"]["identity_errors"]
     arrays["errors_window_identity"] = results["landmarks_window_dense"]["identity_errors"]
     np.savez(path, **arrays)
@@ -331,6 +340,66 @@ def headline(metrics):
     add("key-point error px, mean position (no model)", "keypoints", "mean_position_error", "mean_position_ci95")
     for label, row in rows.items():
         row["text"] = format_ci(row["value"], row["ci95"], 1 if "error px" in label else 3)
+    return rows
+
+
+# The measurements a paired comparison covers: label, the per-trial array in arrays.npz and the
+# array of its groups (None: one test image per row), and whether lower is better. Unsuffixed
+# names hold the encoder's own representation, so each encoder is measured on the one it trains.
+PAIRED = (
+    ("landmark error px, dense tokens", "errors_landmarks_dense", "pairs_landmarks_dense", True),
+    ("landmark error px, paper window, own representation [window pairs]", "errors_landmarks_window_paper",
+     "pairs_landmarks_window_paper", True),
+    ("landmark kNN acc, own representation", "correct_landmark_embeddings", "groups_landmark_embeddings", False),
+    ("decomposition acc, own representation", "correct_decompositionality", "groups_decompositionality", False),
+    ("retrieval acc, own representation", "correct_retrieval", "groups_retrieval", False),
+    ("symmetry acc, paper window, own representation", "correct_symmetry_paper", "groups_symmetry_paper", False),
+    ("key-point error px, fine-tuned", "errors_keypoints", None, True),
+    ("key-point error px, fine-tuned 10-shot", "errors_keypoints_10shot", None, True),
+)
+# Dice per test image (mean over the structures of each group) from metrics.json.
+PAIRED_DICE = (("Dice heart, linear", "segmentation", ["heart"]),
+               ("Dice lungs, linear", "segmentation", ["left_lung", "right_lung"]),
+               ("Dice mean, linear 10-shot", "segmentation_10shot", None),
+               ("Dice mean, fine-tuned", "segmentation_finetune", None))
+
+
+def paired_differences(a, b):
+    """Encoder a minus encoder b, trial by trial: {label: {"value", "ci95", "text", "better"}}.
+
+    a, b: (metrics, arrays) of two evaluations of the same data (metrics.json as a dict,
+    arrays.npz as a mapping). The probes draw their trials (images, pairs, patches) from seeds,
+    not from the encoder, so trial i is the same question for both; the interval resamples images
+    as the single-encoder intervals do, and is narrower than theirs where the two encoders
+    succeed and fail on the same trials. "better": True when the interval excludes 0 on a's
+    side, False on b's, None when it holds 0. Measurements either evaluation lacks per trial
+    (one made before they were kept), or whose trials differ, are left out.
+    """
+    (ma, xa), (mb, xb) = a, b
+    rows = {}
+
+    def add(label, va, vb, groups, lower):
+        d = np.asarray(va, float) - np.asarray(vb, float)
+        value, ci = float(np.nanmean(d)), probes.bootstrap_ci(d, groups)
+        gain = [-c for c in ci] if lower else ci   # the interval of a's advantage
+        better = True if min(gain) > 0 else False if max(gain) < 0 else None
+        digits = 1 if "error px" in label else 3
+        rows[label] = {"value": value, "ci95": ci, "better": better,
+                       "text": f"{value:+.{digits}f} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"}
+
+    for label, key, group_key, lower in PAIRED:
+        if key in xa and key in xb and xa[key].shape == xb[key].shape:
+            ga, gb = (None, None) if group_key is None else (xa.get(group_key), xb.get(group_key))
+            if group_key is None or (ga is not None and gb is not None and np.array_equal(ga, gb)):
+                add(label, xa[key], xb[key], ga, lower)
+    for label, key, structures in PAIRED_DICE:
+        da, db = ma.get(key, {}).get("dice_per_image"), mb.get(key, {}).get("dice_per_image")
+        if da and db and set(da) == set(db):
+            names = structures or list(da)
+            per_image = [np.nanmean(np.array([[np.nan if v is None else v for v in d[s]] for s in names], float), axis=0)
+                         for d in (da, db)]
+            if per_image[0].shape == per_image[1].shape:
+                add(label, per_image[0], per_image[1], None, False)
     return rows
 
 

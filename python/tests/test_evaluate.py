@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ace.data import load_jsrt, mirror_pairs, phantom_set
-from ace.evaluate import _PooledFeatures, dice_summary, format_ci, headline, per_structure
+from ace.evaluate import _PooledFeatures, dice_summary, format_ci, headline, paired_differences, per_structure
 
 from conftest import JSRT, REPOSITORY, needs_jsrt
 
@@ -92,6 +92,15 @@ def test_evaluate_quick_on_the_phantom(quick_phantom_evaluation):
     assert "| NCC of a 32 px template (no model) | raw pixels |" in report and "| window 112 px | CLS (default) |" in report
     value = m["retrieval_mean"]
     assert f"| {format_ci(value['accuracy'], value['ci95'])} |" in report
+    # The per-trial arrays behind paired comparisons: decisions with their images, landmark errors
+    # with their (query, key) pairs, key-point errors per test image.
+    arrays = np.load(out / "arrays.npz")
+    for key in ("decompositionality", "retrieval_mean", "landmark_embeddings", "symmetry_paper_cls"):
+        assert arrays[f"correct_{key}"].mean() == pytest.approx(m[key]["accuracy"])
+        assert arrays[f"groups_{key}"].shape == arrays[f"correct_{key}"].shape
+    assert arrays["pairs_landmarks_dense"].shape == (30, 2)
+    assert np.nanmean(arrays["errors_landmarks_dense"]) == pytest.approx(m["landmarks_dense"]["mean_error"])
+    assert np.nanmean(arrays["errors_keypoints"]) == pytest.approx(m["keypoints"]["mean_error"])
 
 
 def test_compare_notebook_tabulates_evaluations(quick_phantom_evaluation, tmp_path):
@@ -99,24 +108,45 @@ def test_compare_notebook_tabulates_evaluations(quick_phantom_evaluation, tmp_pa
     evals = tmp_path / "evals"
     for name in ("run_a", "random_init"):
         shutil.copytree(quick_phantom_evaluation, evals / name)
+    shutil.copytree(quick_phantom_evaluation, evals / "run_d")
+    # run_a errs 5 px less on every dense landmark and decides every excision right: its paired
+    # differences are known exactly.
+    arrays = dict(np.load(quick_phantom_evaluation / "arrays.npz"))
+    arrays["errors_landmarks_dense"] = arrays["errors_landmarks_dense"] - 5.0
+    arrays["correct_decompositionality"] = np.ones_like(arrays["correct_decompositionality"])
+    np.savez(evals / "run_a" / "arrays.npz", **arrays)
     # run_a's training files: its budget row comes from them (the last whole row, not the torn one).
-    run = tmp_path / "run_a"
-    run.mkdir()
-    (run / "config.json").write_text(json.dumps({"losses": ["global", "comp"], "global_weight": 0.01, "comp_weight": 0.5,
-                                                 "teacher_temp": 0.02, "epochs": 3, "steps_per_epoch": 5}))
-    (run / "metrics.jsonl").write_text('{"step": 1, "cpu_s": 45.0}\n{"step": 2, "cpu_s": 90.0}\n{"step": 3, "cp')
+    # run_d trained the global loss alone: a DINO-style baseline, like random init.
+    for name, losses in (("run_a", ["global", "comp"]), ("run_d", ["global"])):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "config.json").write_text(json.dumps({"losses": losses, "global_weight": 0.01, "comp_weight": 0.5,
+                                                     "teacher_temp": 0.02, "epochs": 3, "steps_per_epoch": 5}))
+        (run / "metrics.jsonl").write_text('{"step": 1, "cpu_s": 45.0}\n{"step": 2, "cpu_s": 90.0}\n{"step": 3, "cp')
     r = subprocess.run([sys.executable, str(REPOSITORY / "notebooks" / "compare_pretraining.py"), "--runs",
-                        str(tmp_path / "run_a"), "--data", "phantom", "--quick", "--reuse", "--eval-root",
-                        str(evals), "--results", str(tmp_path / "results"), "--name", "t"],
+                        str(tmp_path / "run_a"), str(tmp_path / "run_d"), "--data", "phantom", "--quick", "--reuse",
+                        "--eval-root", str(evals), "--results", str(tmp_path / "results"), "--name", "t"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     table = (tmp_path / "results" / "t.md").read_text()
     rows = json.loads((tmp_path / "results" / "t.json").read_text())
-    assert set(rows) == {"run_a", "random init"}
+    assert set(rows) == {"run_a", "run_d", "random init"}
+    paired = json.loads((tmp_path / "results" / "t_paired.json").read_text())
+    assert set(paired) == {"run_a - run_d", "run_a - random init"}
+    m = json.loads((quick_phantom_evaluation / "metrics.json").read_text())
+    diffs = paired["run_a - random init"]
+    assert diffs["landmark error px, dense tokens"]["ci95"] == pytest.approx([-5.0, -5.0])
+    assert diffs["landmark error px, dense tokens"]["better"] is True
+    excision = diffs["decomposition acc, own representation"]
+    assert excision["value"] == pytest.approx(1 - m["decompositionality"]["accuracy"])
+    assert excision["better"] is (m["decompositionality"]["ci95"][1] < 1)
+    assert diffs["retrieval acc, own representation"] == {"value": 0.0, "ci95": [0.0, 0.0], "better": None,
+                                                         "text": "+0.000 [0.000, 0.000]"}
+    assert "| run_a - random init | **-5.0 [-5.0, -5.0]** |" in table
     m = json.loads((quick_phantom_evaluation / "metrics.json").read_text())
     expected = headline(m)["retrieval acc, CLS"]["text"]
     # Both columns, the CLS row starred (the random init's own representation), the paper beside.
-    assert f"| retrieval acc, CLS | {expected} * | {expected} * | 0.944 |" in table
+    assert f"| retrieval acc, CLS | {expected} * | {expected} * | {expected} * | 0.944 |" in table
     assert f"| retrieval acc, mean token | {headline(m)['retrieval acc, mean token']['text']} |" in table
     assert "landmark error px, NCC template (no model)" in table and "# reused" in table
     assert "| run_a | global 0.01, comp 0.5 (teacher temperature 0.02) | 2 of 15 (3 epochs) | 1.5 |" in table
@@ -165,3 +195,26 @@ def test_evaluate_rejects_a_bad_data_folder(tmp_path):
     r = subprocess.run([sys.executable, "-m", "ace", "evaluate", "--random-init", "vit_nano", "--data",
                         str(tmp_path), "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert r.returncode == 1 and "JSRT-layout" in r.stderr
+
+
+def test_paired_differences_pair_trials_and_skip_what_does_not_line_up():
+    groups = np.repeat(np.arange(20), 4)
+    rng = np.random.default_rng(0)
+    b_correct = rng.random(80) < 0.3
+    a = ({}, {"correct_retrieval": np.ones(80, bool), "groups_retrieval": groups,
+              "errors_keypoints": np.full((6, 3), 10.0),
+              "correct_decompositionality": b_correct, "groups_decompositionality": groups})
+    b = ({}, {"correct_retrieval": b_correct, "groups_retrieval": groups,
+              "errors_keypoints": np.full((6, 3), 12.0),
+              "correct_decompositionality": b_correct, "groups_decompositionality": groups[::-1]})
+    rows = paired_differences(a, b)
+    # Decisions drawn on other images are not a pair; a measurement b lacks is left out.
+    assert set(rows) == {"retrieval acc, own representation", "key-point error px, fine-tuned"}
+    retrieval = rows["retrieval acc, own representation"]
+    assert retrieval["value"] == pytest.approx(1 - b_correct.mean()) and retrieval["better"] is True
+    # Lower is better for errors: 2 px less on every image is a gain with a zero-width interval.
+    keypoints = rows["key-point error px, fine-tuned"]
+    assert keypoints["ci95"] == pytest.approx([-2.0, -2.0]) and keypoints["better"] is True
+    assert keypoints["text"] == "-2.0 [-2.0, -2.0]"
+    # Swapped, the same interval counts against the first encoder.
+    assert paired_differences(b, a)["key-point error px, fine-tuned"]["better"] is False
