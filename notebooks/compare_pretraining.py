@@ -184,7 +184,7 @@ if budget:
 # DINO-style runs: global loss only), trial by trial on the same images, pairs and patches
 import numpy as np  # noqa: E402
 
-from ace.evaluate import paired_differences  # noqa: E402
+from ace.evaluate import REFERENCES, paired_differences, reference_evaluation  # noqa: E402
 
 arrays = {name: dict(np.load(eval_root / name.replace(" ", "_") / "arrays.npz")) for name in names}
 
@@ -198,6 +198,12 @@ def losses_of(name):
 baselines = [name for name in names if name == "random init" or losses_of(name) == ["global"]]
 paired = {(name, base): paired_differences((metrics[name], arrays[name]), (metrics[base], arrays[base]))
           for name in names if name not in baselines for base in baselines}
+# ... and against the two landmark references that learn nothing, on the same pairs.
+for name in names:
+    for reference in REFERENCES if name not in baselines else ():
+        evaluation = reference_evaluation(arrays[name], reference)
+        if evaluation is not None:
+            paired[(name, reference)] = paired_differences((metrics[name], arrays[name]), evaluation)
 measured = list(dict.fromkeys(label for diffs in paired.values() for label in diffs))
 if measured:
     def mark(d):
@@ -205,7 +211,8 @@ if measured:
         return f"**{d['text']}**" if d["better"] else f"_{d['text']}_" if d["better"] is False else d["text"]
 
     lines += ["## Paired differences", "",
-              "Each trained encoder minus a baseline, on the same trials (the probes draw images, pairs and "
+              "Each trained encoder minus a baseline (and, on landmarks, minus the two references that learn "
+              "nothing), on the same trials (the probes draw images, pairs and "
               "patches from seeds, not from the encoder), each encoder on the representation it trains. "
               "Brackets: 95% bootstrap intervals resampling images, the same resampling as above; **bold** where "
               "the interval excludes 0 in the encoder's favour (lower error, higher accuracy or Dice), _italic_ "

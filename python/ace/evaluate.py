@@ -403,6 +403,27 @@ def paired_differences(a, b):
     return rows
 
 
+# The no-model landmark references in arrays.npz: their errors on the dense probe's random pairs
+# and on the window pairs, and the pairs of each.
+REFERENCES = {"NCC template (no model)": ("errors_landmarks_template", "pairs_landmarks_template",
+                                          "errors_landmarks_window_template", "pairs_landmarks_window_template"),
+              "same coordinates (no model)": ("errors_identity", "pairs_landmarks_dense",
+                                              "errors_window_identity", "pairs_landmarks_window_dense")}
+
+
+def reference_evaluation(arrays, reference):
+    """A no-model landmark reference (a key of REFERENCES) of an evaluation, as an evaluation of
+    its own for `paired_differences`: its errors under the keys an encoder's landmark errors have,
+    so an encoder minus it compares the two on the same pairs. None for an evaluation made before
+    the pairs were kept."""
+    keys = REFERENCES[reference]
+    if not all(k in arrays for k in keys):
+        return None
+    dense, dense_pairs, window, window_pairs = (arrays[k] for k in keys)
+    return {}, {"errors_landmarks_dense": dense, "pairs_landmarks_dense": dense_pairs,
+                "errors_landmarks_window_paper": window, "pairs_landmarks_window_paper": window_pairs}
+
+
 def paper_reference(label):
     """The paper's figure for a headline label, or None."""
     return next((v for k, v in PAPER.items() if label.startswith(k)), None)

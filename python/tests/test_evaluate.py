@@ -132,7 +132,16 @@ def test_compare_notebook_tabulates_evaluations(quick_phantom_evaluation, tmp_pa
     rows = json.loads((tmp_path / "results" / "t.json").read_text())
     assert set(rows) == {"run_a", "run_d", "random init"}
     paired = json.loads((tmp_path / "results" / "t_paired.json").read_text())
-    assert set(paired) == {"run_a - run_d", "run_a - random init"}
+    assert set(paired) == {"run_a - run_d", "run_a - random init", "run_a - NCC template (no model)",
+                           "run_a - same coordinates (no model)"}
+    # Against the references only the landmark errors, on the same pairs.
+    template = paired["run_a - NCC template (no model)"]
+    assert set(template) == {"landmark error px, dense tokens",
+                             "landmark error px, paper window, own representation [window pairs]"}
+    assert template["landmark error px, dense tokens"]["value"] == pytest.approx(
+        np.nanmean(arrays["errors_landmarks_dense"] - arrays["errors_landmarks_template"]))
+    same = paired["run_a - same coordinates (no model)"]["landmark error px, dense tokens"]["value"]
+    assert same == pytest.approx(np.nanmean(arrays["errors_landmarks_dense"] - arrays["errors_identity"]))
     m = json.loads((quick_phantom_evaluation / "metrics.json").read_text())
     diffs = paired["run_a - random init"]
     assert diffs["landmark error px, dense tokens"]["ci95"] == pytest.approx([-5.0, -5.0])
