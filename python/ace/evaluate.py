@@ -253,15 +253,27 @@ def per_structure(per_landmark):
     return out
 
 
+# Structures whose Dice is averaged per image (None: all of them).
+DICE_GROUPS = {"heart": ["heart"], "lungs": ["left_lung", "right_lung"],
+               "clavicles": ["left_clavicle", "right_clavicle"], "mean": None}
+
+
+def dice_per_image(per_image, group):
+    """(test images,) Dice of a DICE_GROUPS group, its structures averaged per image; None when
+    `per_image` ({structure: Dice per image}, None for a missing value) lacks one of them."""
+    structures = DICE_GROUPS[group] or list(per_image)
+    if not all(s in per_image for s in structures):
+        return None
+    return np.mean([np.array([np.nan if v is None else v for v in per_image[s]], float) for s in structures], axis=0)
+
+
 def dice_summary(per_image):
     """Dice of the heart, the lungs, the clavicles (left and right averaged per image) and
     of all structures, each {"value", "ci95"} with the interval resampling test images."""
-    groups = {"heart": ["heart"], "lungs": ["left_lung", "right_lung"],
-              "clavicles": ["left_clavicle", "right_clavicle"], "mean": list(per_image)}
     out = {}
-    for name, structures in groups.items():
-        if all(s in per_image for s in structures):
-            values = np.mean([per_image[s] for s in structures], axis=0)
+    for name in DICE_GROUPS:
+        values = dice_per_image(per_image, name)
+        if values is not None:
             out[name] = {"value": float(values.mean()), "ci95": probes.bootstrap_ci(values)}
     return out
 
@@ -357,11 +369,11 @@ PAIRED = (
     ("key-point error px, fine-tuned", "errors_keypoints", None, True),
     ("key-point error px, fine-tuned 10-shot", "errors_keypoints_10shot", None, True),
 )
-# Dice per test image (mean over the structures of each group) from metrics.json.
-PAIRED_DICE = (("Dice heart, linear", "segmentation", ["heart"]),
-               ("Dice lungs, linear", "segmentation", ["left_lung", "right_lung"]),
-               ("Dice mean, linear 10-shot", "segmentation_10shot", None),
-               ("Dice mean, fine-tuned", "segmentation_finetune", None))
+# Dice per test image of a DICE_GROUPS group, from metrics.json.
+PAIRED_DICE = (("Dice heart, linear", "segmentation", "heart"),
+               ("Dice lungs, linear", "segmentation", "lungs"),
+               ("Dice mean, linear 10-shot", "segmentation_10shot", "mean"),
+               ("Dice mean, fine-tuned", "segmentation_finetune", "mean"))
 
 
 def paired_differences(a, b):
@@ -392,14 +404,12 @@ def paired_differences(a, b):
             ga, gb = (None, None) if group_key is None else (xa.get(group_key), xb.get(group_key))
             if group_key is None or (ga is not None and gb is not None and np.array_equal(ga, gb)):
                 add(label, xa[key], xb[key], ga, lower)
-    for label, key, structures in PAIRED_DICE:
+    for label, key, group in PAIRED_DICE:
         da, db = ma.get(key, {}).get("dice_per_image"), mb.get(key, {}).get("dice_per_image")
         if da and db and set(da) == set(db):
-            names = structures or list(da)
-            per_image = [np.nanmean(np.array([[np.nan if v is None else v for v in d[s]] for s in names], float), axis=0)
-                         for d in (da, db)]
-            if per_image[0].shape == per_image[1].shape:
-                add(label, per_image[0], per_image[1], None, False)
+            va, vb = dice_per_image(da, group), dice_per_image(db, group)
+            if va is not None and va.shape == vb.shape:
+                add(label, va, vb, None, False)
     return rows
 
 

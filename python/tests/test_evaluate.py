@@ -106,9 +106,8 @@ def test_evaluate_quick_on_the_phantom(quick_phantom_evaluation):
 def test_compare_notebook_tabulates_evaluations(quick_phantom_evaluation, tmp_path):
     # Two "encoders" that reuse the evaluation above: the notebook only tabulates them.
     evals = tmp_path / "evals"
-    for name in ("run_a", "random_init"):
+    for name in ("run_a", "run_d", "random_init"):
         shutil.copytree(quick_phantom_evaluation, evals / name)
-    shutil.copytree(quick_phantom_evaluation, evals / "run_d")
     # run_a errs 5 px less on every dense landmark and decides every excision right: its paired
     # differences are known exactly.
     arrays = dict(np.load(quick_phantom_evaluation / "arrays.npz"))
