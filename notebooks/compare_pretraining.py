@@ -196,11 +196,12 @@ def losses_of(name):
 
 
 baselines = [name for name in names if name == "random init" or losses_of(name) == ["global"]]
+trained = [name for name in names if name not in baselines]
 paired = {(name, base): paired_differences((metrics[name], arrays[name]), (metrics[base], arrays[base]))
-          for name in names if name not in baselines for base in baselines}
+          for name in trained for base in baselines}
 # ... and against the two landmark references that learn nothing, on the same pairs.
-for name in names:
-    for reference in REFERENCES if name not in baselines else ():
+for name in trained:
+    for reference in REFERENCES:
         evaluation = reference_evaluation(arrays[name], reference)
         if evaluation is not None:
             paired[(name, reference)] = paired_differences((metrics[name], arrays[name]), evaluation)

@@ -395,15 +395,14 @@ def paired_differences(a, b):
         value, ci = float(np.nanmean(d)), probes.bootstrap_ci(d, groups)
         gain = [-c for c in ci] if lower else ci   # the interval of a's advantage
         better = True if min(gain) > 0 else False if max(gain) < 0 else None
-        digits = 1 if "error px" in label else 3
-        rows[label] = {"value": value, "ci95": ci, "better": better,
-                       "text": f"{value:+.{digits}f} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"}
+        text = format_ci(value, ci, 1 if "error px" in label else 3)
+        rows[label] = {"value": value, "ci95": ci, "better": better, "text": ("+" if value >= 0 else "") + text}
 
     for label, key, group_key, lower in PAIRED:
         if key in xa and key in xb and xa[key].shape == xb[key].shape:
-            ga, gb = (None, None) if group_key is None else (xa.get(group_key), xb.get(group_key))
-            if group_key is None or (ga is not None and gb is not None and np.array_equal(ga, gb)):
-                add(label, xa[key], xb[key], ga, lower)
+            groups = None if group_key is None else xa.get(group_key)
+            if group_key is None or (groups is not None and np.array_equal(groups, xb.get(group_key))):
+                add(label, xa[key], xb[key], groups, lower)
     for label, key, group in PAIRED_DICE:
         da, db = ma.get(key, {}).get("dice_per_image"), mb.get(key, {}).get("dice_per_image")
         if da and db and set(da) == set(db):
